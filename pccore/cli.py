@@ -1,0 +1,167 @@
+"""The `pccore` command line. Each subcommand hands its parsed arguments to the module that owns it."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+EPILOG = """\
+examples:
+  pccore run recipes/quickstart.toml
+  pccore run recipes/vgg10_cifar10_sf_bf.toml --set inference.steps=14 --device cuda
+  pccore recipe show recipes/quickstart.toml
+  pccore schedule recipes/vgg5_cifar10_sf.toml --json
+  pccore diagnose recipes/quickstart.toml --smoke
+  pccore bench recipes/vgg5_cifar10_sf_bf.toml --steps 10
+  pccore plugins --json
+"""
+
+
+def _add_recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="path to a TOML recipe")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, parsed as TOML (repeatable), e.g. --set inference.steps=14",
+    )
+
+
+def _sub(subs, name: str, help: str, examples: str) -> argparse.ArgumentParser:
+    return subs.add_parser(
+        name,
+        help=help,
+        description=help,
+        epilog="examples:\n" + examples,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pccore",
+        description="Train deep predictive coding networks from TOML recipes.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "--strict-plugins",
+        action="store_true",
+        help="fail when any plugin cannot be loaded (also PCCORE_STRICT_PLUGINS=1)",
+    )
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = _sub(
+        subs,
+        "run",
+        "train and evaluate a recipe (one training per seed)",
+        "  pccore run recipes/quickstart.toml\n"
+        "  pccore run recipes/vgg5_cifar10_sf.toml --set run.seeds=[0] --device cuda --out runs/try1\n"
+        "  pccore run recipes/vgg15_tinyimagenet_sf_bf.toml --smoke\n"
+        "  pccore run --resume runs/quickstart/version_0\n",
+    )
+    run.add_argument("recipe", nargs="?", help="path to a TOML recipe (omit with --resume)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                     help="override a recipe value, parsed as TOML (repeatable)")
+    run.add_argument("--device", help="auto, cpu, cuda or cuda:N (overrides run.device)")
+    run.add_argument("--out", help="run directory, used exactly as given")
+    run.add_argument("--smoke", action="store_true",
+                     help="a few batches of random data shaped like the recipe's dataset, reduced width")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
+
+    recipe = _sub(subs, "recipe", "validate or print a recipe",
+                  "  pccore recipe check recipes/quickstart.toml\n"
+                  "  pccore recipe show recipes/quickstart.toml --set inference.steps=9\n")
+    recipe_subs = recipe.add_subparsers(dest="recipe_command", metavar="ACTION")
+    check = _sub(recipe_subs, "check", "validate a recipe and its components",
+                 "  pccore recipe check recipes/quickstart.toml\n")
+    _add_recipe_args(check)
+    show = _sub(recipe_subs, "show", "print the resolved recipe (defaults filled in) as TOML",
+                "  pccore recipe show recipes/quickstart.toml > resolved.toml\n")
+    _add_recipe_args(show)
+
+    plugins = _sub(subs, "plugins", "list installed plugins and the components they provide",
+                   "  pccore plugins\n  pccore plugins --json\n")
+    plugins.add_argument("--json", action="store_true", help="machine-readable output")
+
+    schedule = _sub(subs, "schedule", "print the precision table pi[t][l] a recipe will use",
+                    "  pccore schedule recipes/vgg5_cifar10_sf.toml\n"
+                    "  pccore schedule recipes/vgg5_cifar10_df.toml --set precision.k=1.5 --json\n")
+    _add_recipe_args(schedule)
+    schedule.add_argument("--json", action="store_true", help="machine-readable output")
+
+    diagnose = _sub(subs, "diagnose",
+                    "run one batch: per-layer energy at every step, cosine of each layer's update to backprop",
+                    "  pccore diagnose recipes/quickstart.toml\n"
+                    "  pccore diagnose recipes/vgg10_cifar10_sf_bf.toml --smoke --json\n")
+    _add_recipe_args(diagnose)
+    diagnose.add_argument("--smoke", action="store_true", help="random data shaped like the dataset")
+    diagnose.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    diagnose.add_argument("--json", action="store_true", help="machine-readable output")
+
+    bench = _sub(subs, "bench", "time training steps of a recipe against backprop on the same model",
+                 "  pccore bench recipes/vgg5_cifar10_sf_bf.toml --set model.width=0.25 --steps 5\n")
+    _add_recipe_args(bench)
+    bench.add_argument("--steps", type=int, default=5, help="timed steps after warm-up (default 5)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
+    bench.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    bench.add_argument("--json", action="store_true", help="machine-readable output")
+    return parser
+
+
+def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    if args.command == "run":
+        from pccore.training import run_command
+
+        return run_command(args)
+    if args.command == "recipe":
+        if args.recipe_command is None:
+            parser.parse_args(["recipe", "--help"])
+        from pccore.recipe import recipe_command
+
+        return recipe_command(args)
+    if args.command == "plugins":
+        from pccore.plugins import plugins_command
+
+        return plugins_command(args)
+    if args.command in ("schedule", "diagnose"):
+        from pccore import diagnose
+
+        return diagnose.schedule_command(args) if args.command == "schedule" else diagnose.diagnose_command(args)
+    if args.command == "bench":
+        from pccore.bench import bench_command
+
+        return bench_command(args)
+    parser.print_help()
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from pccore import __version__
+
+        print(f"pccore {__version__}")
+        return 0
+    if args.strict_plugins:
+        os.environ["PCCORE_STRICT_PLUGINS"] = "1"
+    from pccore.errors import PccoreError
+
+    try:
+        return _dispatch(args, parser)
+    except PccoreError as err:
+        print(f"pccore: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("pccore: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""What a plugin provides: component records and the interface each kind of component implements.
+
+A plugin's registration hook returns `Component` records. The core builds a component by calling
+`record.factory(params)`, where `params` is an instance of `record.params` (an attrs class) filled from
+the recipe. The object the factory returns implements the protocol of its kind, listed below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import attrs
+import torch
+from torch import nn
+
+KINDS: tuple[str, ...] = ("precision", "update", "normalization", "nudging", "architecture", "dataset")
+
+Phase = Literal["forward", "inference", "learning"]
+"""Which pass a model is in: the initial forward pass, an inference step, or the learning phase."""
+
+
+@attrs.define(frozen=True)
+class NoParams:
+    """The parameter class of a component that takes no parameters."""
+
+
+@attrs.define(frozen=True)
+class Component:
+    """One named component: `factory(params)` builds it, `params` is the attrs class of its parameters."""
+
+    name: str
+    factory: Callable[[Any], Any]
+    params: type = NoParams
+    description: str = ""
+
+
+# --- precision -----------------------------------------------------------------------------------
+
+
+@attrs.define(frozen=True)
+class PrecisionTable:
+    """`inference[t, l-1]` weights layer l's energy at inference step t; `learning[l-1]` in the weight step."""
+
+    inference: torch.Tensor
+    learning: torch.Tensor
+
+    @property
+    def steps(self) -> int:
+        return int(self.inference.shape[0])
+
+    @property
+    def layers(self) -> int:
+        return int(self.inference.shape[1])
+
+
+@runtime_checkable
+class PrecisionSchedule(Protocol):
+    def table(self, layers: int, steps: int) -> PrecisionTable:
+        """The full table for `layers` blocks and `steps` inference steps (float64 tensors)."""
+        ...
+
+
+# --- normalisation -------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class NormalizationPolicy(Protocol):
+    def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
+        """The normalisation layer an architecture places after a conv (spatial_dims=2) or linear
+        (spatial_dims=0) layer, or None for no layer."""
+        ...
+
+    def set_phase(self, model: nn.Module, phase: Phase) -> None:
+        """Called before each pass so the policy can change how its layers behave in that pass."""
+        ...
+
+
+# --- update rule ---------------------------------------------------------------------------------
+
+
+@attrs.define(frozen=True)
+class LearningBatch:
+    """What an update rule sees at learning time. Lists are indexed by layer, 0..L.
+
+    `states[l]` is x^l after inference (x^0 the input, x^L the output node), detached.
+    `initial[l]` is mu^l_0 from the initial forward pass (initial[0] is the input); it carries the
+    graph the rule asked for with `initial_graph`.
+    """
+
+    blocks: Sequence[nn.Module]
+    states: Sequence[torch.Tensor]
+    initial: Sequence[torch.Tensor]
+    precision: torch.Tensor
+    target: torch.Tensor
+    layer_energy: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+    batch_size: int
+
+
+@runtime_checkable
+class UpdateRule(Protocol):
+    runs_inference: bool
+    """False skips inference entirely (backprop)."""
+    initial_graph: Literal["none", "local", "global"]
+    """Graph kept from the initial forward pass: none; per block with detached inputs; end to end."""
+
+    def loss(self, batch: LearningBatch) -> torch.Tensor:
+        """The scalar whose gradient is the weight update (already averaged over the batch)."""
+        ...
+
+
+# --- nudging -------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Nudging(Protocol):
+    def begin_epoch(self, seed: int, epoch: int) -> None:
+        """Called at the start of every training epoch; a random method seeds itself from (seed, epoch)."""
+        ...
+
+    def output_node(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """The value the output node x^L is fixed to for this batch, and a factor on the weight update.
+
+        `prediction` is mu^L_0 (detached), `target` the one-hot labels.
+        """
+        ...
+
+
+# --- architecture --------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Architecture(Protocol):
+    def build(
+        self, input_shape: tuple[int, ...], num_classes: int, norm: NormalizationPolicy
+    ) -> list[nn.Module]:
+        """The blocks f_1..f_L; block l maps x^{l-1} to mu^l, the last one returns the logits."""
+        ...
+
+
+# --- dataset -------------------------------------------------------------------------------------
+
+
+@attrs.define(frozen=True)
+class DataSpec:
+    """Shape of a dataset's inputs (C, H, W) and its number of classes, known without loading it."""
+
+    input_shape: tuple[int, ...]
+    num_classes: int
+
+
+@attrs.define(frozen=True)
+class Augmentation:
+    """Training-time augmentation, applied by the core on the device: random crop after zero padding
+    (0 = no crop) and horizontal flip with probability 0.5."""
+
+    crop_padding: int = 0
+    horizontal_flip: bool = False
+
+
+@attrs.define(frozen=True)
+class ImageData:
+    """A whole dataset in memory. Images are [N, C, H, W], uint8 in 0..255 or float; the core scales
+    uint8 to [0, 1] and then normalises with `mean` and `std` per channel."""
+
+    train_images: torch.Tensor
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    augmentation: Augmentation = Augmentation()
+
+
+@runtime_checkable
+class Dataset(Protocol):
+    def spec(self) -> DataSpec:
+        """Input shape and class count, without touching the disk (used by --smoke)."""
+        ...
+
+    def load(self) -> ImageData:
+        """Load (downloading if allowed) or raise `pccore.errors.DatasetUnavailable`."""
+        ...
+
+
+PROTOCOLS: dict[str, type] = {
+    "precision": PrecisionSchedule,
+    "update": UpdateRule,
+    "normalization": NormalizationPolicy,
+    "nudging": Nudging,
+    "architecture": Architecture,
+    "dataset": Dataset,
+}
