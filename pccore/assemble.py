@@ -1,0 +1,113 @@
+"""Turn a recipe into a ready engine: resolve each component by name once, build the model, move it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from pccore.components import DataSpec, PrecisionTable
+from pccore.engine import PCEngine
+from pccore.errors import DeviceUnavailable, UsageError
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@attrs.define
+class Assembly:
+    """Everything a run needs, built from one recipe."""
+
+    blocks: nn.ModuleList
+    engine: PCEngine
+    table: PrecisionTable
+    components: dict[str, Any]
+
+    @property
+    def nudging(self) -> Any:
+        return self.components["nudging"]
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; `cuda`/`cuda:N` without such a device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"unknown device '{name}': use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceUnavailable(
+                f"device '{name}' was requested but CUDA is not available on this machine "
+                f"(torch {torch.__version__}, built for CUDA {torch.version.cuda or 'none'}); "
+                "use --device cpu, or --device auto to pick CUDA only when present"
+            )
+        index = device.index or 0
+        if index >= torch.cuda.device_count():
+            raise DeviceUnavailable(
+                f"device '{name}' was requested but this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif device.type != "cpu":
+        raise UsageError(f"unsupported device '{name}': use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def autocast_dtype(recipe, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast when the recipe asks for it; it is a CUDA option."""
+    if recipe.run.precision != "bf16":
+        return None
+    if device.type != "cuda":
+        raise UsageError(
+            f"run.precision = \"bf16\" needs a CUDA device, but the run is on {device}; "
+            "set run.precision = \"fp32\" (or --set run.precision='\"fp32\"') for CPU runs"
+        )
+    return torch.bfloat16
+
+
+def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
+    """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    built = {
+        kind: registry.build(kind, section.name, section.params)
+        for kind, section in (
+            ("normalization", recipe.normalization),
+            ("precision", recipe.precision),
+            ("nudging", recipe.nudging),
+            ("update", recipe.update),
+            ("architecture", recipe.model),
+        )
+    }
+    try:
+        blocks = built["architecture"].build(tuple(spec.input_shape), spec.num_classes, built["normalization"])
+    except ValueError as err:
+        raise UsageError(f"model '{recipe.model.name}': {err}") from None
+    dtype = DTYPES[recipe.run.dtype]
+    model = nn.ModuleList(blocks).to(device=device, dtype=dtype)
+    if recipe.run.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    table = built["precision"].table(len(model), recipe.inference.steps)
+    engine_blocks = model
+    if recipe.run.compile:
+        engine_blocks = nn.ModuleList([torch.compile(b) for b in model])
+    inference = recipe.inference
+    engine = PCEngine(
+        engine_blocks,
+        table,
+        built["update"],
+        built["normalization"],
+        built["nudging"],
+        steps=inference.steps,
+        lr=inference.lr,
+        momentum=inference.momentum,
+        nesterov=inference.nesterov,
+        decay_last_lr=inference.decay_last_lr,
+        output_energy=recipe.model.output_energy,
+        num_classes=spec.num_classes,
+        autocast_dtype=autocast_dtype(recipe, device),
+    )
+    return Assembly(blocks=model, engine=engine, table=table, components=built)

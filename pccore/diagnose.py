@@ -1,0 +1,143 @@
+"""`pccore schedule` and `pccore diagnose`: look inside a recipe without training it."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from pccore.assemble import assemble, resolve_device
+from pccore.components import DataSpec, PrecisionTable
+
+
+def _load(args):
+    from pccore.plugins import get_registry
+    from pccore.recipe import load_recipe
+
+    registry = get_registry()
+    return load_recipe(args.recipe, args.overrides, registry=registry), registry
+
+
+def _data_spec(recipe, registry) -> DataSpec:
+    return registry.build("dataset", recipe.data.name, recipe.data.params).spec()
+
+
+def precision_table(recipe, registry) -> PrecisionTable:
+    """The table the recipe will use; the layer count comes from building the model on the meta device."""
+    spec = _data_spec(recipe, registry)
+    norm = registry.build("normalization", recipe.normalization.name, recipe.normalization.params)
+    arch = registry.build("architecture", recipe.model.name, recipe.model.params)
+    with torch.device("meta"):
+        layers = len(arch.build(tuple(spec.input_shape), spec.num_classes, norm))
+    schedule = registry.build("precision", recipe.precision.name, recipe.precision.params)
+    return schedule.table(layers, recipe.inference.steps)
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def _print_grid(title: str, row_label: str, rows: list[list[float]], layers: int) -> None:
+    cells = [[_fmt(v) for v in row] for row in rows]
+    width = max([len(c) for row in cells for c in row] + [len(f"l={layers}")])
+    print(title)
+    print(" " * 8 + " ".join(f"l={l}".rjust(width) for l in range(1, layers + 1)))
+    for label, row in zip(row_label, cells):
+        print(f"{label:<8}" + " ".join(c.rjust(width) for c in row))
+
+
+def schedule_command(args) -> int:
+    recipe, registry = _load(args)
+    table = precision_table(recipe, registry)
+    inference = table.inference.tolist()
+    learning = table.learning.tolist()
+    if args.json:
+        print(json.dumps({"layers": table.layers, "steps": table.steps, "inference": inference,
+                          "learning": learning}))
+        return 0
+    labels = [f"t={t}" for t in range(table.steps)] + ["learn"]
+    _print_grid(
+        f"precision pi[t][l] of '{recipe.precision.name}': {table.layers} layers, {table.steps} inference steps",
+        labels, inference + [learning], table.layers,
+    )
+    return 0
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    denom = a.norm() * b.norm()
+    return float((a @ b) / denom) if denom > 0 else math.nan
+
+
+def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """Per-step, per-layer energies (averaged over the batch) of one batch's inference, and the cosine
+    between each layer's recipe update and the backprop gradient of the output loss, same weights and batch."""
+    engine = assembly.engine
+    model = assembly.blocks
+    model.train()
+    saved = {k: v.clone() for k, v in model.state_dict().items()}
+
+    trace = engine.infer(x, y, record=True)
+    loss = engine.learning_loss(x, y, trace)
+    pc_grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    model.load_state_dict(saved)
+
+    engine.norm.set_phase(model, "forward")
+    h = x
+    for block in engine.blocks:
+        h = block(h)
+    bp_loss = engine.layer_energy(engine.L, engine.one_hot(y), h) / x.shape[0]
+    bp_grads = torch.autograd.grad(bp_loss, list(model.parameters()), allow_unused=True)
+    model.load_state_dict(saved)
+
+    index = {id(p): i for i, p in enumerate(model.parameters())}
+    cosines = []
+    for block in model:
+        ids = [index[id(p)] for p in block.parameters()]
+
+        def flat(grads, ids=ids):
+            return torch.cat([(grads[i] if grads[i] is not None else torch.zeros_like(p)).flatten()
+                              for i, p in zip(ids, block.parameters())]).double()
+
+        cosines.append(_cosine(flat(pc_grads), flat(bp_grads)))
+    energies = trace.energies if trace.energies is not None else torch.zeros(0, engine.L)
+    return {
+        "layers": engine.L,
+        "steps": engine.T,
+        "energy": (energies / x.shape[0]).tolist(),
+        "cosine_to_bp": cosines,
+        "loss": float(loss),
+        "bp_loss": float(bp_loss),
+    }
+
+
+def _first_batch(recipe, registry, device, smoke: bool):
+    from pccore.data import BatchFeeder, smoke_data
+
+    dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
+    spec = dataset.spec()
+    seed = recipe.run.seeds[0] if recipe.run.seeds else 0
+    data = smoke_data(spec, 1, recipe.data.batch_size, seed) if smoke else dataset.load()
+    dtype = torch.float64 if recipe.run.dtype == "float64" else torch.float32
+    feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device, dtype=dtype)
+    x, y = next(iter(feeder.epoch(seed, 0)))
+    return spec, x, y
+
+
+def diagnose_command(args) -> int:
+    recipe, registry = _load(args)
+    device = resolve_device(args.device or recipe.run.device)
+    spec, x, y = _first_batch(recipe, registry, device, args.smoke)
+    torch.manual_seed(recipe.run.seeds[0] if recipe.run.seeds else 0)
+    assembly = assemble(recipe, spec, device, registry)
+    report = diagnose_batch(assembly, x, y)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    L, T = report["layers"], report["steps"]
+    _print_grid(f"energy per layer at each inference step (batch mean), {L} layers, {T} steps",
+                [f"t={t}" for t in range(T)], report["energy"], L)
+    print()
+    _print_grid("cosine of each layer's weight update to the backprop gradient", ["cos"],
+                [report["cosine_to_bp"]], L)
+    return 0

@@ -1,0 +1,233 @@
+"""The predictive coding engine: one training step (initial forward pass, inference, learning).
+
+The engine sees only resolved components: a list of blocks, a precision table, an update rule, a
+normalisation policy and a nudging object. Nothing in `train_step` synchronises with the host, calls
+pluggy, or hard-codes a device: the device and dtype are those of the blocks' parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pccore.components import LearningBatch, NormalizationPolicy, Nudging, PrecisionTable, UpdateRule
+
+
+class StepOutput(NamedTuple):
+    """Detached results of one step: the weight loss, and per-layer energies ([L], summed over the batch
+    and divided by its size) of the last inference step (of the output loss alone without inference)."""
+
+    loss: torch.Tensor
+    energy: torch.Tensor
+
+
+class InferenceTrace(NamedTuple):
+    """What `PCEngine.infer` returns: states x^0..x^L after inference, the initial predictions mu_0 (index
+    0 is the input), per-step energies [T, L] when recorded (zero below the wavefront), the energies of the
+    last step [L], and the update scale."""
+
+    states: list[torch.Tensor]
+    initial: list[torch.Tensor]
+    energies: torch.Tensor | None
+    final_energy: torch.Tensor | None
+    scale: float
+
+
+class PCEngine:
+    """Runs predictive coding training steps on `blocks` f_1..f_L."""
+
+    def __init__(
+        self,
+        blocks: Sequence[nn.Module],
+        table: PrecisionTable,
+        update: UpdateRule,
+        norm: NormalizationPolicy,
+        nudging: Nudging,
+        *,
+        steps: int,
+        lr: float,
+        momentum: float = 0.0,
+        nesterov: bool = True,
+        decay_last_lr: bool = False,
+        output_energy: str = "se",
+        num_classes: int,
+        autocast_dtype: torch.dtype | None = None,
+    ):
+        self.model = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
+        self.blocks = list(self.model)
+        self.L = len(self.blocks)
+        if table.layers != self.L or table.steps != steps:
+            raise ValueError(
+                f"precision table is {table.steps}x{table.layers}, the model needs {steps}x{self.L}"
+            )
+        self.T = steps
+        self.update = update
+        self.norm = norm
+        self.nudging = nudging
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.output_energy = output_energy
+        self.num_classes = num_classes
+        self.autocast_dtype = autocast_dtype
+        ref = next(self.model.parameters())
+        self.device, self.dtype = ref.device, ref.dtype
+        self.table = table
+        pi = table.inference.to(self.device, self.dtype)
+        # Row t weights the layers that the wavefront has reached: l >= L - t (columns L-t-1.. in 0-based).
+        self._first_active = [max(1, self.L - t) for t in range(self.T)]
+        self._pi_rows = [pi[t, a - 1 :] for t, a in enumerate(self._first_active)]
+        self._pi_learn = table.learning.to(self.device, self.dtype)
+        self._lrs = [self._step_lrs(t, lr, decay_last_lr) for t in range(self.T)]
+        self._buffers: list[torch.Tensor] = []
+
+    def _step_lrs(self, t: int, lr: float, decay_last_lr: bool) -> list[float]:
+        """State learning rate of each latent layer 1..L-1 at step t; the option of the paper's appendix
+        decays the last hidden layer's rate as lr ** (t + 1) (lr at the first step)."""
+        rates = [lr] * (self.L - 1)
+        if decay_last_lr and rates:
+            rates[-1] = lr ** (t + 1)
+        return rates
+
+    # --- pieces --------------------------------------------------------------------------------
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def layer_energy(self, layer: int, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        """Energy of layer `layer` (1-based), summed over the batch: 1/2 ||x - mu||^2, or the
+        cross-entropy of the logits mu against x at the output when the output energy is "ce"."""
+        mu = mu.to(x.dtype)
+        if layer == self.L and self.output_energy == "ce":
+            return -(x * F.log_softmax(mu, dim=-1)).sum()
+        return 0.5 * (x - mu).square().sum()
+
+    def one_hot(self, y: torch.Tensor) -> torch.Tensor:
+        return F.one_hot(y, self.num_classes).to(self.dtype)
+
+    def _initial_pass(self, x0: torch.Tensor) -> list[torch.Tensor]:
+        """mu_0 for every layer, with the graph the update rule asked for."""
+        mode = self.update.initial_graph
+        self.norm.set_phase(self.model, "forward" if mode == "none" else "learning")
+        mu = [x0]
+        grad = torch.enable_grad() if mode != "none" else torch.no_grad()
+        with grad, self._autocast():
+            for block in self.blocks:
+                inp = mu[-1].detach() if mode == "local" else mu[-1]
+                mu.append(block(inp))
+        return mu
+
+    def _momentum_buffers(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
+        shapes = [s.shape for s in states]
+        if [b.shape for b in self._buffers] != shapes or any(b.dtype != s.dtype for b, s in zip(self._buffers, states)):
+            self._buffers = [torch.zeros_like(s) for s in states]
+        else:
+            torch._foreach_zero_(self._buffers)
+        return self._buffers
+
+    # --- inference -----------------------------------------------------------------------------
+
+    def infer(self, x0: torch.Tensor, y: torch.Tensor, *, record: bool = False) -> InferenceTrace:
+        """Initial forward pass, output node from the nudging method, then T inference steps."""
+        initial = self._initial_pass(x0)
+        L = self.L
+        target = self.one_hot(y)
+        out_node, scale = self.nudging.output_node(initial[L].detach().to(self.dtype), target)
+        latent = [mu.detach().to(self.dtype).clone().requires_grad_(True) for mu in initial[1:L]]
+        states = [x0, *latent, out_node]
+        energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
+        if not self.update.runs_inference or self.T == 0:
+            return InferenceTrace(states, initial, energies, None, scale)
+
+        buffers = self._momentum_buffers(latent)
+        self.norm.set_phase(self.model, "inference")
+        m = self.momentum
+        with torch.enable_grad():
+            for t in range(self.T):
+                first = self._first_active[t]  # lowest layer whose energy enters E_t
+                with self._autocast():
+                    e = torch.stack(
+                        [self.layer_energy(l, states[l], self.blocks[l - 1](states[l - 1]))
+                         for l in range(first, L + 1)]
+                    )
+                energy = (self._pi_rows[t] * e).sum()
+                # States that get a gradient: those feeding an active block, x^(first-1) included.
+                lo = max(1, first - 1)
+                active = latent[lo - 1 :]
+                grads = torch.autograd.grad(energy, active)
+                if record:
+                    energies[t, first - 1 :] = e.detach()
+                with torch.no_grad():
+                    self._sgd(active, grads, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
+        final = e.detach()
+        if first > 1:
+            final = torch.cat([final.new_zeros(first - 1), final])
+        return InferenceTrace(states, initial, energies, final, scale)
+
+    def _sgd(self, xs, grads, bufs, lrs: list[float], m: float) -> None:
+        """One SGD step with (Nesterov) momentum, PyTorch's convention: b = m b + g; d = g + m b or b."""
+        if m != 0.0:
+            torch._foreach_mul_(bufs, m)
+            torch._foreach_add_(bufs, grads)
+            direction = torch._foreach_add(grads, bufs, alpha=m) if self.nesterov else bufs
+        else:
+            direction = grads
+        if all(r == lrs[0] for r in lrs):
+            torch._foreach_add_(xs, direction, alpha=-lrs[0])
+        else:
+            for x, d, r in zip(xs, direction, lrs):
+                x.add_(d, alpha=-r)
+
+    # --- training ------------------------------------------------------------------------------
+
+    def learning_loss(self, x0: torch.Tensor, y: torch.Tensor, trace: InferenceTrace) -> torch.Tensor:
+        """The update rule's loss (scaled by the nudging factor) for a finished inference trace."""
+        if self.update.initial_graph == "none":
+            self.norm.set_phase(self.model, "learning")
+        states = [s.detach() for s in trace.states]
+        batch = LearningBatch(
+            blocks=self.blocks,
+            states=states,
+            initial=trace.initial,
+            precision=self._pi_learn,
+            target=self.one_hot(y),
+            layer_energy=self.layer_energy,
+            batch_size=x0.shape[0],
+        )
+        with self._autocast():
+            loss = self.update.loss(batch)
+        return loss * trace.scale if trace.scale != 1.0 else loss
+
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """One batch: inference, then the weight gradients into `.grad` (the caller steps the optimizer)."""
+        if not self.model.training:
+            self.model.train()
+        trace = self.infer(x0, y)
+        loss = self.learning_loss(x0, y, trace)
+        for p in self.model.parameters():
+            p.grad = None
+        loss.backward()
+        if trace.final_energy is not None:
+            energy = trace.final_energy
+        else:
+            energy = torch.zeros(self.L, device=self.device, dtype=self.dtype)
+            energy[-1] = self.layer_energy(self.L, trace.states[-1], trace.initial[-1].detach())
+        return StepOutput(loss.detach(), energy / x0.shape[0])
+
+    @torch.no_grad()
+    def predict(self, x0: torch.Tensor) -> torch.Tensor:
+        """Logits of the feed-forward pass in evaluation mode (BatchNorm uses running statistics)."""
+        was_training = self.model.training
+        self.model.eval()
+        with self._autocast():
+            h = x0
+            for block in self.blocks:
+                h = block(h)
+        self.model.train(was_training)
+        return h

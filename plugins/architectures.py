@@ -1,0 +1,137 @@
+"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15) and a small MLP.
+
+A VGG is a layout list turned into blocks by one function. Each layout entry is one block
+`conv3x3 -> [norm] -> activation -> [maxpool 2x2/2]`: `(channels, pool, padding)`. The head is one
+linear block (VGG15: a hidden linear block of 4096 units, then the logits).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import attrs
+from torch import nn
+
+from pccore import Component, hookimpl
+from pccore.components import NormalizationPolicy
+
+ActivationName = Literal["gelu", "relu", "leaky_relu", "hardtanh", "tanh"]
+ACTIVATIONS = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "leaky_relu": nn.LeakyReLU,
+    "hardtanh": nn.Hardtanh,
+    "tanh": nn.Tanh,
+}
+
+M, P0 = "M", "p0"
+LAYOUTS: dict[str, tuple[list[tuple], int | None]] = {
+    # (conv layout, hidden linear width or None)
+    "vgg5": ([(128, M), (256, M), (512, M), (512, M)], None),
+    "vgg7": ([(128, M), (128,), (256, M), (256, P0), (512, M), (512, P0)], None),
+    "vgg10": ([(64,), (128,), (128, M), (128,), (256, M), (256,), (256, M), (256,), (512, M)], None),
+    "vgg15": (
+        [(64,), (64, M), (128,), (128, M), (256,), (256,), (256, M),
+         (512,), (512,), (512, M), (512,), (512,), (512, M)],
+        4096,
+    ),
+}
+
+
+def _scaled(features: int, width: float) -> int:
+    return max(1, round(features * width))
+
+
+def _block(layers: list[nn.Module | None]) -> nn.Sequential:
+    return nn.Sequential(*[m for m in layers if m is not None])
+
+
+@attrs.define(frozen=True)
+class VGGParams:
+    activation: ActivationName = "gelu"
+    width: float = attrs.field(default=1.0, validator=attrs.validators.gt(0))
+
+
+class VGG:
+    """A VGG of the paper; the head's input size follows the input image size."""
+
+    def __init__(self, layout: str, params: VGGParams):
+        self.layout = layout
+        self.params = params
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, norm: NormalizationPolicy) -> list[nn.Module]:
+        if len(input_shape) != 3:
+            raise ValueError(f"{self.layout} needs image inputs (C, H, W), got shape {tuple(input_shape)}")
+        convs, hidden = LAYOUTS[self.layout]
+        act = ACTIVATIONS[self.params.activation]
+        channels, height, width = input_shape
+        blocks: list[nn.Module] = []
+        for entry in convs:
+            out = _scaled(entry[0], self.params.width)
+            padding = 0 if P0 in entry else 1
+            pool = nn.MaxPool2d(2, 2) if M in entry else None
+            conv = nn.Conv2d(channels, out, 3, padding=padding)
+            blocks.append(_block([conv, norm.layer(out, 2), act(), pool]))
+            channels = out
+            height, width = height + 2 * padding - 2, width + 2 * padding - 2
+            if pool is not None:
+                height, width = height // 2, width // 2
+            if height < 1 or width < 1:
+                raise ValueError(f"{self.layout}: input {tuple(input_shape)} is too small for its layout")
+        features = channels * height * width
+        if hidden is not None:
+            units = _scaled(hidden, self.params.width)
+            blocks.append(_block([nn.Flatten(), nn.Linear(features, units), norm.layer(units, 0), act()]))
+            blocks.append(nn.Linear(units, num_classes))
+        else:
+            blocks.append(nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes)))
+        return blocks
+
+
+@attrs.define(frozen=True)
+class MLPParams:
+    hidden: list[int] = attrs.field(factory=lambda: [128, 128])
+    activation: ActivationName = "tanh"
+
+    @hidden.validator
+    def _positive(self, attribute, value):
+        if any(h < 1 for h in value):
+            raise ValueError("every hidden width must be at least 1")
+
+
+class MLP:
+    """Fully connected blocks `linear -> [norm] -> activation`, then a linear output block."""
+
+    def __init__(self, params: MLPParams):
+        self.params = params
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int, norm: NormalizationPolicy) -> list[nn.Module]:
+        act = ACTIVATIONS[self.params.activation]
+        features = math.prod(input_shape)
+        blocks: list[nn.Module] = []
+        for i, units in enumerate(self.params.hidden):
+            flatten = nn.Flatten() if i == 0 else None
+            blocks.append(_block([flatten, nn.Linear(features, units), norm.layer(units, 0), act()]))
+            features = units
+        first = [nn.Flatten()] if not blocks else []
+        blocks.append(nn.Sequential(*first, nn.Linear(features, num_classes)))
+        return blocks
+
+
+def _vgg(layout: str):
+    def factory(params: VGGParams) -> VGG:
+        return VGG(layout, params)
+
+    factory.__name__ = f"{layout}_factory"
+    return factory
+
+
+@hookimpl
+def pccore_register_architecture():
+    described = {"vgg5": 5, "vgg7": 7, "vgg10": 10, "vgg15": 15}
+    return [
+        *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {n} blocks")
+          for name, n in described.items()),
+        Component("mlp", MLP, MLPParams, "fully connected blocks of the given hidden widths"),
+    ]

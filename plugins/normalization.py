@@ -1,0 +1,95 @@
+"""Normalisation policies: none, ordinary BatchNorm, and BatchNorm Freezing (BF).
+
+BatchNorm Freezing (METHOD.md): the initial forward pass and every inference step normalise with the
+current batch's statistics and leave the running statistics alone; the learning phase's forward pass
+updates them once per batch. Evaluation uses the running statistics.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pccore import Component, hookimpl
+from pccore.components import NoParams, Phase
+
+
+class _Freezable:
+    """Mixin for BatchNorm layers: with `update_stats` off, training mode uses batch statistics and
+    leaves running statistics (and the batch counter) untouched."""
+
+    update_stats: bool = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and not self.update_stats:
+            self._check_input_dim(x)
+            return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+        return super().forward(x)
+
+
+class FreezableBatchNorm1d(_Freezable, nn.BatchNorm1d):
+    pass
+
+
+class FreezableBatchNorm2d(_Freezable, nn.BatchNorm2d):
+    pass
+
+
+@attrs.define(frozen=True)
+class BatchNormParams:
+    momentum: float = attrs.field(default=0.1, validator=[attrs.validators.gt(0), attrs.validators.le(1)])
+    eps: float = attrs.field(default=1e-5, validator=attrs.validators.gt(0))
+
+
+class NoNormalization:
+    """Blocks without normalisation layers."""
+
+    def __init__(self, params: NoParams):
+        pass
+
+    def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
+        return None
+
+    def set_phase(self, model: nn.Module, phase: Phase) -> None:
+        pass
+
+
+class BatchNorm:
+    """Ordinary BatchNorm: running statistics update at every training-mode call."""
+
+    layer_classes = {2: nn.BatchNorm2d, 0: nn.BatchNorm1d}
+
+    def __init__(self, params: BatchNormParams):
+        self.params = params
+
+    def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
+        cls = self.layer_classes[spatial_dims]
+        return cls(num_features, eps=self.params.eps, momentum=self.params.momentum)
+
+    def set_phase(self, model: nn.Module, phase: Phase) -> None:
+        pass
+
+
+class FrozenBatchNorm(BatchNorm):
+    """BatchNorm Freezing: running statistics update only in the learning phase's forward pass."""
+
+    layer_classes = {2: FreezableBatchNorm2d, 0: FreezableBatchNorm1d}
+
+    def set_phase(self, model: nn.Module, phase: Phase) -> None:
+        update = phase == "learning"
+        for module in model.modules():
+            if isinstance(module, _Freezable):
+                module.update_stats = update
+
+
+@hookimpl
+def pccore_register_normalization():
+    return [
+        Component("none", NoNormalization, NoParams, "no normalisation layers"),
+        Component("batchnorm", BatchNorm, BatchNormParams,
+                  "ordinary BatchNorm: running statistics updated at every training-mode call"),
+        Component("frozen", FrozenBatchNorm, BatchNormParams,
+                  "BatchNorm Freezing (BF): running statistics updated once per batch, in the learning phase"),
+    ]

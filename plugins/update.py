@@ -1,0 +1,70 @@
+"""Weight-update rules: standard PC, the forward update (F), and the backprop baseline (BP).
+
+Every rule returns a loss summed over layers and over the batch, divided by the batch size; the
+learning-phase precision row weights each layer (all ones unless the schedule asks otherwise).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pccore import Component, hookimpl
+from pccore.components import LearningBatch, NoParams
+
+
+class StandardUpdate:
+    """sum_l pi_l 1/2 ||x^l_T - f_l(x^{l-1}_T)||^2: each block predicts from the equilibrium states."""
+
+    runs_inference = True
+    initial_graph = "none"
+
+    def __init__(self, params: NoParams):
+        pass
+
+    def loss(self, b: LearningBatch) -> torch.Tensor:
+        total = sum(
+            b.precision[l - 1] * b.layer_energy(l, b.states[l], block(b.states[l - 1]))
+            for l, block in enumerate(b.blocks, start=1)
+        )
+        return total / b.batch_size
+
+
+class ForwardUpdate:
+    """sum_l pi_l 1/2 ||x^l_T - mu^l_0||^2: errors against the predictions of the initial forward pass,
+    whose per-block graph (inputs detached) is reused instead of recomputed."""
+
+    runs_inference = True
+    initial_graph = "local"
+
+    def __init__(self, params: NoParams):
+        pass
+
+    def loss(self, b: LearningBatch) -> torch.Tensor:
+        total = sum(
+            b.precision[l - 1] * b.layer_energy(l, b.states[l], b.initial[l])
+            for l in range(1, len(b.blocks) + 1)
+        )
+        return total / b.batch_size
+
+
+class Backprop:
+    """No inference: the output loss of the forward pass against the target, backpropagated end to end."""
+
+    runs_inference = False
+    initial_graph = "global"
+
+    def __init__(self, params: NoParams):
+        pass
+
+    def loss(self, b: LearningBatch) -> torch.Tensor:
+        L = len(b.blocks)
+        return b.layer_energy(L, b.target, b.initial[L]) / b.batch_size
+
+
+@hookimpl
+def pccore_register_update():
+    return [
+        Component("standard", StandardUpdate, NoParams, "standard PC: errors against f_l(x^{l-1}_T)"),
+        Component("forward", ForwardUpdate, NoParams, "forward update (F): errors against mu^l_0"),
+        Component("backprop", Backprop, NoParams, "backprop baseline (BP): no inference, output loss"),
+    ]

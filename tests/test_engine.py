@@ -1,0 +1,274 @@
+"""The engine's numerics against hand-derived gradients, autograd of hand-written energies, plain PyTorch
+and a slow unmasked reference implementation (METHOD.md's conventions, one by one)."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pccore.components import NoParams
+from pccore_plugins.normalization import BatchNorm, BatchNormParams, FrozenBatchNorm
+from pccore_plugins.nudging import Center, CenterParams, Nudge, NudgeParams
+from pccore_plugins.precision import Spiking, SpikingParams
+from pccore_plugins.update import Backprop, ForwardUpdate, StandardUpdate
+from tests.engine_helpers import engine, table, tanh_mlp, unmasked_inference
+
+STD, FWD, BP = StandardUpdate(NoParams()), ForwardUpdate(NoParams()), Backprop(NoParams())
+
+
+def _hand_inference(W, b, x0, y, pi, lr, momentum, nesterov=True):
+    """States after inference for f_l = tanh(W_l x + b_l) (l < L), f_L linear, with the gradient of
+    E_t = sum_{l >= L-t} pi[t,l] 1/2 ||x^l - f_l(x^{l-1})||^2 written out by hand:
+    dE/dx^l = pi_l eps_l - pi_{l+1} ((eps_{l+1} * f'_{l+1}) W_{l+1})."""
+    L = len(W)
+    mu = [x0]
+    for l in range(L):
+        z = mu[-1] @ W[l].T + b[l]
+        mu.append(torch.tanh(z) if l < L - 1 else z)
+    x = [m.clone() for m in mu]
+    x[L] = y
+    bufs = [torch.zeros_like(v) for v in x]
+    for t in range(pi.shape[0]):
+        w = [0.0] + [float(pi[t, l - 1]) if l >= L - t else 0.0 for l in range(1, L + 1)]  # wavefront mask
+        pred, deriv = [None], [None]
+        for l in range(1, L + 1):
+            z = x[l - 1] @ W[l - 1].T + b[l - 1]
+            pred.append(torch.tanh(z) if l < L else z)
+            deriv.append(1 - torch.tanh(z) ** 2 if l < L else torch.ones_like(z))
+        eps = [None] + [x[l] - pred[l] for l in range(1, L + 1)]
+        grads = {}
+        for l in range(1, L):
+            grads[l] = w[l] * eps[l] - w[l + 1] * ((eps[l + 1] * deriv[l + 1]) @ W[l])
+        for l in range(1, L):
+            bufs[l] = momentum * bufs[l] + grads[l]
+            step = grads[l] + momentum * bufs[l] if nesterov else bufs[l]
+            x[l] = x[l] - lr * step
+    return x
+
+
+@pytest.mark.parametrize("steps,momentum", [(1, 0.0), (2, 0.5), (4, 0.3)])
+def test_inference_matches_the_hand_written_gradient(steps, momentum):
+    blocks = tanh_mlp([5, 4, 3, 2])
+    pi_rows = [[0.7, 1.3, 2.0], [0.4, 1.7, 0.9], [1.1, 0.6, 1.5], [0.3, 0.8, 1.2]][:steps]
+    eng = engine(blocks, table(pi_rows), STD, lr=0.2, momentum=momentum, num_classes=2)
+    x0 = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    trace = eng.infer(x0, y)
+    W = [blk[0].weight.detach() for blk in blocks]
+    b = [blk[0].bias.detach() for blk in blocks]
+    target = F.one_hot(y, 2).double()
+    expected = _hand_inference(W, b, x0, target, torch.tensor(pi_rows), 0.2, momentum)
+    for l in (1, 2):
+        torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-6)
+    assert not torch.equal(trace.states[2], expected[2] * 0 + trace.initial[2])  # inference moved x^2
+
+
+def test_first_step_touches_only_the_last_hidden_layer():
+    blocks = tanh_mlp([5, 4, 3, 2])
+    eng = engine(blocks, table([[1.0, 1.0, 1.0]]), STD, lr=0.5, num_classes=2)
+    trace = eng.infer(torch.randn(3, 5, dtype=torch.float64), torch.tensor([0, 1, 0]))
+    assert torch.equal(trace.states[1], trace.initial[1])
+    assert not torch.equal(trace.states[2], trace.initial[2])
+
+
+@pytest.mark.parametrize("ce", [False, True])
+@pytest.mark.parametrize("momentum,nesterov", [(0.0, True), (0.1, True), (0.6, False)])
+def test_wavefront_equals_unmasked_computation_with_fewer_block_calls(ce, momentum, nesterov):
+    blocks = tanh_mlp([6, 5, 5, 4, 3])
+    pi = Spiking(SpikingParams(peak=1.0, base=0.05)).table(4, 6)
+    eng = engine(blocks, pi, STD, lr=0.3, momentum=momentum, nesterov=nesterov, num_classes=3,
+                 output_energy="ce" if ce else "se")
+    x0 = torch.randn(4, 6, dtype=torch.float64)
+    y = torch.tensor([0, 2, 1, 2])
+    calls = {"n": 0}
+    hooks = [blk.register_forward_hook(lambda *a: calls.__setitem__("n", calls["n"] + 1)) for blk in blocks]
+    trace = eng.infer(x0, y)
+    masked_calls = calls["n"]
+    calls["n"] = 0
+    reference = unmasked_inference(blocks, x0, F.one_hot(y, 3).double(), pi.inference,
+                                   lr=0.3, momentum=momentum, nesterov=nesterov, ce=ce)
+    unmasked_calls = calls["n"] - 4  # minus the reference's own initial pass
+    for h in hooks:
+        h.remove()
+    for l in range(1, 4):
+        torch.testing.assert_close(trace.states[l], reference[l - 1], rtol=0, atol=1e-12)
+    # initial pass 4 calls + steps t=0..5 evaluate 1, 2, 3, 4, 4, 4 blocks
+    assert masked_calls == 4 + 1 + 2 + 3 + 4 + 4 + 4
+    assert unmasked_calls == 6 * 4
+    assert masked_calls - 4 < unmasked_calls
+
+
+def _weight_grads(blocks):
+    return [p.grad.clone() for p in blocks.parameters()]
+
+
+@pytest.mark.parametrize("update", ["standard", "forward"])
+def test_update_rule_gradients_equal_autograd_of_the_hand_written_energy(update):
+    blocks = tanh_mlp([5, 4, 3, 2])
+    learn = [0.5, 2.0, 1.5]
+    eng = engine(blocks, table([[1.0, 0.2, 1.0], [0.2, 1.0, 0.2], [1.0, 0.2, 0.2]], learn),
+                 STD if update == "standard" else FWD, lr=0.4, momentum=0.2, num_classes=2)
+    x0 = torch.randn(7, 5, dtype=torch.float64)
+    y = torch.randint(0, 2, (7,))
+    reference = copy.deepcopy(blocks)
+    trace = eng.infer(x0, y)
+    loss = eng.learning_loss(x0, y, trace)
+    loss.backward()
+    got = _weight_grads(blocks)
+
+    xT = [s.detach() for s in trace.states]
+    with torch.no_grad():  # x^l_0, the initial forward values
+        x_init = [x0]
+        for blk in reference:
+            x_init.append(blk(x_init[-1]))
+    energy = 0
+    for l in range(1, 4):
+        inp = xT[l - 1] if update == "standard" else x_init[l - 1]
+        energy = energy + learn[l - 1] * 0.5 * ((xT[l] - reference[l - 1](inp)) ** 2).sum()
+    (energy / 7).backward()
+    for g, p in zip(got, reference.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("output_energy", ["se", "ce"])
+def test_backprop_rule_matches_a_plain_pytorch_training_step(output_energy):
+    blocks = tanh_mlp([5, 4, 3])
+    plain = copy.deepcopy(blocks)
+    eng = engine(blocks, table([[1.0, 1.0]] * 3), BP, num_classes=3, output_energy=output_energy)
+    x0 = torch.randn(8, 5, dtype=torch.float64)
+    y = torch.randint(0, 3, (8,))
+    opt = torch.optim.AdamW(blocks.parameters(), lr=1e-2, weight_decay=1e-3)
+    eng.train_step(x0, y)
+    opt.step()
+
+    opt2 = torch.optim.AdamW(plain.parameters(), lr=1e-2, weight_decay=1e-3)
+    out = plain[1](plain[0](x0))
+    if output_energy == "se":
+        loss = F.mse_loss(out, F.one_hot(y, 3).double(), reduction="sum") / 2 / 8
+    else:
+        loss = F.cross_entropy(out, y)
+    opt2.zero_grad()
+    loss.backward()
+    opt2.step()
+    for a, b in zip(blocks.parameters(), plain.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
+def _bn_mlp(norm):
+    from pccore_plugins.architectures import MLP, MLPParams
+
+    return torch.nn.ModuleList(MLP(MLPParams(hidden=[6, 5], activation="tanh")).build((4,), 3, norm)).double()
+
+
+def test_batchnorm_freezing_updates_running_statistics_once_in_the_learning_phase():
+    norm = FrozenBatchNorm(BatchNormParams())
+    blocks = _bn_mlp(norm)
+    eng = engine(blocks, Spiking(SpikingParams()).table(3, 5), STD, lr=0.5, momentum=0.1, norm=norm,
+                 num_classes=3)
+    bns = [blocks[0][2], blocks[1][1]]
+    x0 = torch.randn(16, 4, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,))
+    trace = eng.infer(x0, y)
+    for bn in bns:  # initial pass and inference left them alone
+        assert torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
+        assert torch.equal(bn.running_var, torch.ones_like(bn.running_var))
+        assert int(bn.num_batches_tracked) == 0
+    states = [s.detach() for s in trace.states]
+    with torch.no_grad():  # the learning phase's inputs to each BatchNorm: the linear layer of x^{l-1}_T
+        pre = [blocks[0][1](blocks[0][0](states[0])), blocks[1][0](states[1])]
+    eng.learning_loss(x0, y, trace)
+    for bn, z in zip(bns, pre):
+        torch.testing.assert_close(bn.running_mean, 0.1 * z.mean(0), rtol=1e-12, atol=1e-14)
+        torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * z.var(0, unbiased=True), rtol=1e-12, atol=1e-14)
+        assert int(bn.num_batches_tracked) == 1
+
+
+def test_batchnorm_freezing_with_the_forward_update_counts_one_update_per_batch():
+    norm = FrozenBatchNorm(BatchNormParams())
+    blocks = _bn_mlp(norm)
+    eng = engine(blocks, Spiking(SpikingParams()).table(3, 5), FWD, lr=0.5, norm=norm, num_classes=3)
+    x0 = torch.randn(16, 4, dtype=torch.float64)
+    eng.train_step(x0, torch.randint(0, 3, (16,)))
+    with torch.no_grad():
+        z = blocks[0][1](blocks[0][0](x0))
+    bn = blocks[0][2]
+    assert int(bn.num_batches_tracked) == 1
+    torch.testing.assert_close(bn.running_mean, 0.1 * z.mean(0))
+
+
+def test_ordinary_batchnorm_updates_at_every_training_call_and_eval_uses_running_stats():
+    norm = BatchNorm(BatchNormParams())
+    blocks = _bn_mlp(norm)
+    T, L = 5, 3
+    eng = engine(blocks, Spiking(SpikingParams()).table(L, T), STD, lr=0.5, norm=norm, num_classes=3)
+    x0 = torch.randn(16, 4, dtype=torch.float64)
+    eng.train_step(x0, torch.randint(0, 3, (16,)))
+    # block l is evaluated in the initial pass, at steps t >= L - l, and in the learning phase
+    assert int(blocks[0][2].num_batches_tracked) == 1 + (T - (L - 1)) + 1
+    assert int(blocks[1][1].num_batches_tracked) == 1 + (T - (L - 2)) + 1
+    bn = blocks[0][2]
+    z = blocks[0][1](blocks[0][0](x0)).detach()
+    expected = torch.tanh((z - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias)
+    blocks.eval()
+    with torch.no_grad():
+        got = blocks[0](x0)
+    torch.testing.assert_close(got, expected)
+
+
+def test_nudge_sets_the_output_node_between_prediction_and_target():
+    mu = torch.tensor([[0.2, -1.0, 3.0]])
+    y = torch.tensor([[0.0, 1.0, 0.0]])
+    node, scale = Nudge(NudgeParams(beta=0.25)).output_node(mu, y)
+    torch.testing.assert_close(node, torch.tensor([[0.15, -0.5, 2.25]]))
+    assert scale == 1.0
+
+
+def test_center_nudging_draws_both_signs_about_equally_and_reproducibly():
+    def draws(seed):
+        center = Center(CenterParams(beta=0.5, resample="batch", scale_update=True))
+        center.begin_epoch(seed, 0)
+        signs = []
+        for _ in range(1000):
+            node, scale = center.output_node(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
+            assert float(node[0, 0]) in (0.5, -0.5)
+            assert scale == pytest.approx(1 / float(node[0, 0]))
+            signs.append(1 if float(node[0, 0]) > 0 else -1)
+        return signs
+
+    a = draws(7)
+    assert 450 <= a.count(1) <= 550
+    assert a == draws(7)
+    assert a != draws(8)
+
+
+def test_center_nudging_per_epoch_keeps_one_sign_for_the_epoch():
+    center = Center(CenterParams(beta=0.3, resample="epoch"))
+    signs = set()
+    for epoch in range(20):
+        center.begin_epoch(0, epoch)
+        within = {float(center.output_node(torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))[0]) for _ in range(10)}
+        assert len(within) == 1
+        signs |= within
+    assert signs == {0.3, -0.3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_float32_and_float64_steps_work_and_keep_the_dtype(dtype):
+    blocks = tanh_mlp([5, 4, 3], dtype=dtype)
+    eng = engine(blocks, Spiking(SpikingParams()).table(2, 3), FWD, lr=0.3, momentum=0.1, num_classes=3)
+    out = eng.train_step(torch.randn(4, 5, dtype=dtype), torch.tensor([0, 1, 2, 0]))
+    assert out.loss.dtype == dtype and out.energy.shape == (2,)
+    assert all(p.grad is not None and p.grad.dtype == dtype for p in blocks.parameters())
+
+
+def test_engine_hard_codes_no_device():
+    """On the meta device every tensor the engine makes must follow the parameters' device: a CPU
+    tensor created anywhere in the step would fail to mix with them."""
+    with torch.device("meta"):
+        blocks = tanh_mlp([5, 4, 3], dtype=torch.float32)
+        x0 = torch.empty(4, 5)
+        y = torch.zeros(4, dtype=torch.long)
+    eng = engine(blocks, Spiking(SpikingParams()).table(2, 3), FWD, lr=0.3, momentum=0.1, num_classes=3)
+    out = eng.train_step(x0, y)
+    assert out.loss.device.type == "meta" and out.energy.device.type == "meta"
