@@ -66,6 +66,9 @@ class PrecisionSchedule(Protocol):
 
 @runtime_checkable
 class NormalizationPolicy(Protocol):
+    """May also set `pure_inference = True`: during inference a block's output then depends on its input
+    alone (no statistics are updated), so the engine reuses f_1(x^0) = mu^1_0 instead of recomputing it."""
+
     def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
         """The normalisation layer an architecture places after a conv (spatial_dims=2) or linear
         (spatial_dims=0) layer, or None for no layer."""

@@ -106,7 +106,7 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
         "steps": engine.T,
         "energy": (energies / x.shape[0]).tolist(),
         "cosine_to_bp": cosines,
-        "loss": float(loss),
+        "loss": float(loss.detach()),
         "bp_loss": float(bp_loss),
     }
 

@@ -80,7 +80,7 @@ class PCEngine:
         pi = table.inference.to(self.device, self.dtype)
         # Row t weights the layers that the wavefront has reached: l >= L - t (columns L-t-1.. in 0-based).
         self._first_active = [max(1, self.L - t) for t in range(self.T)]
-        self._pi_rows = [pi[t, a - 1 :] for t, a in enumerate(self._first_active)]
+        self._pi = [list(row.unbind()) for row in pi]
         self._pi_learn = table.learning.to(self.device, self.dtype)
         self._lrs = [self._step_lrs(t, lr, decay_last_lr) for t in range(self.T)]
         self._buffers: list[torch.Tensor] = []
@@ -142,33 +142,55 @@ class PCEngine:
         latent = [mu.detach().to(self.dtype).clone().requires_grad_(True) for mu in initial[1:L]]
         states = [x0, *latent, out_node]
         energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
-        if not self.update.runs_inference or self.T == 0:
+        if not self.update.runs_inference or self.T == 0 or L == 1:
             return InferenceTrace(states, initial, energies, None, scale)
 
         buffers = self._momentum_buffers(latent)
         self.norm.set_phase(self.model, "inference")
-        m = self.momentum
+        reuse_first = getattr(self.norm, "pure_inference", False)
+        pi, m = self._pi, self.momentum
         with torch.enable_grad():
             for t in range(self.T):
                 first = self._first_active[t]  # lowest layer whose energy enters E_t
+                lo = max(1, first - 1)  # lowest state with a gradient: it feeds block `first`
+                preds: list[torch.Tensor | None] = [None] * (L + 1)
                 with self._autocast():
-                    e = torch.stack(
-                        [self.layer_energy(l, states[l], self.blocks[l - 1](states[l - 1]))
-                         for l in range(first, L + 1)]
-                    )
-                energy = (self._pi_rows[t] * e).sum()
-                # States that get a gradient: those feeding an active block, x^(first-1) included.
-                lo = max(1, first - 1)
-                active = latent[lo - 1 :]
-                grads = torch.autograd.grad(energy, active)
+                    for l in range(first, L + 1):
+                        if l == 1 and reuse_first:
+                            preds[1] = initial[1].detach()  # x^0 is fixed, so f_1(x^0) is mu^1_0
+                        else:
+                            preds[l] = self.blocks[l - 1](states[l - 1])
+                # dE_t/dx: each latent layer's own error term, plus the error of the layer above
+                # backpropagated through its block (one autograd call for all layers).
+                outputs = [preds[l] for l in range(max(first, 2), L + 1)]
+                seeds = [self._prediction_grad(l, states[l], preds[l], pi[t][l - 1])
+                         for l in range(max(first, 2), L + 1)]
+                grads = list(torch.autograd.grad(outputs, latent[lo - 1 :], seeds))
+                for l in range(first, L):
+                    eps = states[l].detach() - preds[l].detach().to(states[l].dtype)
+                    grads[l - lo].addcmul_(eps, pi[t][l - 1])
                 if record:
-                    energies[t, first - 1 :] = e.detach()
+                    energies[t, first - 1 :] = self._energies(states, preds, first)
                 with torch.no_grad():
-                    self._sgd(active, grads, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
-        final = e.detach()
+                    self._sgd(latent[lo - 1 :], grads, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
+        final = self._energies(states, preds, first)
         if first > 1:
             final = torch.cat([final.new_zeros(first - 1), final])
         return InferenceTrace(states, initial, energies, final, scale)
+
+    def _prediction_grad(self, layer: int, x: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """d(weight * e_layer)/d(prediction), in the prediction's dtype."""
+        p = pred.detach().to(x.dtype)
+        if layer == self.L and self.output_energy == "ce":
+            g = torch.softmax(p, dim=-1) * x.sum(dim=-1, keepdim=True) - x
+        else:
+            g = p - x
+        return (weight * g).to(pred.dtype)
+
+    @torch.no_grad()
+    def _energies(self, states, preds, first: int) -> torch.Tensor:
+        """Energies e_first..e_L (summed over the batch) of the given predictions."""
+        return torch.stack([self.layer_energy(l, states[l], preds[l]) for l in range(first, self.L + 1)])
 
     def _sgd(self, xs, grads, bufs, lrs: list[float], m: float) -> None:
         """One SGD step with (Nesterov) momentum, PyTorch's convention: b = m b + g; d = g + m b or b."""

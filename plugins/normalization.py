@@ -46,6 +46,8 @@ class BatchNormParams:
 class NoNormalization:
     """Blocks without normalisation layers."""
 
+    pure_inference = True
+
     def __init__(self, params: NoParams):
         pass
 
@@ -76,6 +78,7 @@ class FrozenBatchNorm(BatchNorm):
     """BatchNorm Freezing: running statistics update only in the learning phase's forward pass."""
 
     layer_classes = {2: FreezableBatchNorm2d, 0: FreezableBatchNorm1d}
+    pure_inference = True
 
     def set_phase(self, model: nn.Module, phase: Phase) -> None:
         update = phase == "learning"

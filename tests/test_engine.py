@@ -93,8 +93,8 @@ def test_wavefront_equals_unmasked_computation_with_fewer_block_calls(ce, moment
         h.remove()
     for l in range(1, 4):
         torch.testing.assert_close(trace.states[l], reference[l - 1], rtol=0, atol=1e-12)
-    # initial pass 4 calls + steps t=0..5 evaluate 1, 2, 3, 4, 4, 4 blocks
-    assert masked_calls == 4 + 1 + 2 + 3 + 4 + 4 + 4
+    # initial pass 4 calls + steps t=0..5 evaluate 1, 2, 3 blocks, then 3 (f_1(x^0) = mu^1_0 is reused)
+    assert masked_calls == 4 + 1 + 2 + 3 + 3 + 3 + 3
     assert unmasked_calls == 6 * 4
     assert masked_calls - 4 < unmasked_calls
 
