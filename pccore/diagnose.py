@@ -107,7 +107,7 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
         "energy": (energies / x.shape[0]).tolist(),
         "cosine_to_bp": cosines,
         "loss": float(loss.detach()),
-        "bp_loss": float(bp_loss),
+        "bp_loss": float(bp_loss.detach()),
     }
 
 
