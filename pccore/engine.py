@@ -147,6 +147,21 @@ class PCEngine:
 
         buffers = self._momentum_buffers(latent)
         self.norm.set_phase(self.model, "inference")
+        # Inference needs gradients for the states only; frozen parameters keep autograd (and compiled
+        # backward graphs, which would otherwise compute every input's gradient) from making weight grads.
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        for p in params:
+            p.requires_grad_(False)
+        try:
+            final = self._inference_steps(states, latent, initial, buffers, energies)
+        finally:
+            for p in params:
+                p.requires_grad_(True)
+        return InferenceTrace(states, initial, energies, final, scale)
+
+    def _inference_steps(self, states, latent, initial, buffers, energies) -> torch.Tensor:
+        """The T steps, updating `latent` in place; returns the energies [L] of the last step."""
+        L = self.L
         reuse_first = getattr(self.norm, "pure_inference", False)
         pi, m = self._pi, self.momentum
         with torch.enable_grad():
@@ -169,14 +184,14 @@ class PCEngine:
                 for l in range(first, L):
                     eps = states[l].detach() - preds[l].detach().to(states[l].dtype)
                     grads[l - lo].addcmul_(eps, pi[t][l - 1])
-                if record:
+                if energies is not None:
                     energies[t, first - 1 :] = self._energies(states, preds, first)
                 with torch.no_grad():
                     self._sgd(latent[lo - 1 :], grads, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
         final = self._energies(states, preds, first)
         if first > 1:
             final = torch.cat([final.new_zeros(first - 1), final])
-        return InferenceTrace(states, initial, energies, final, scale)
+        return final
 
     def _prediction_grad(self, layer: int, x: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """d(weight * e_layer)/d(prediction), in the prediction's dtype."""
