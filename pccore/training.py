@@ -1,0 +1,633 @@
+"""Complete training runs (`pccore run`): one training per seed, evaluation, early stopping, summaries.
+
+A run directory holds the resolved recipe (`recipe.toml`), a marker of how the run was started
+(`run.json`), the aggregate `summary.json`, and per seed `seed_<n>/` with TensorBoard events,
+`checkpoint.pt` (after the latest epoch), `best.pt` (at the best top-1) and the seed's `summary.json`.
+A seed with a `summary.json` is finished; `pccore run --resume RUN_DIR` skips it and continues every other
+seed from its last checkpoint. Checkpoints are taken at epoch boundaries and restore every random
+generator; since the data order depends only on (seed, epoch), a resumed run on the CPU ends with the same
+weights and metrics as an uninterrupted one (on CUDA too under `torch.use_deterministic_algorithms`;
+without it two uninterrupted CUDA runs already differ in the last bits).
+
+`run.precision = "bf16"` autocasts on CUDA; on any other device it is refused (UsageError, exit 2) before
+a run directory is made, rather than silently training in fp32.
+
+The training loop never waits for the device inside an epoch except every `log.every` batches: the loss
+and per-layer energies of each batch stay on the device until a log point reads them all at once, and the
+check for a diverged (non-finite) loss or energy is made there and at the end of every epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+import attrs
+import numpy as np
+import torch
+
+import pccore
+from pccore.assemble import DTYPES, assemble, autocast_dtype, resolve_device
+from pccore.checkpoint import (
+    atomic_write_bytes,
+    atomic_write_json,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from pccore.data import BatchFeeder, smoke_data
+from pccore.errors import DivergenceError, UsageError
+from pccore.optim import WarmupCosine, make_optimizer
+from pccore.tensorboard import RunLogger
+
+SMOKE_BATCHES = 2
+"""Training batches of a --smoke run (one epoch, first seed only)."""
+SMOKE_BATCH_SIZE = 8
+"""Largest batch of a --smoke run."""
+SMOKE_WIDTH = 0.0625
+"""Largest architecture `width` of a --smoke run."""
+SMOKE_HIDDEN = 32
+"""Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
+RUN_INFO = "run.json"
+"""Marker file of a run directory: how the run was started (smoke or not), read by --resume."""
+
+
+# --- entry points --------------------------------------------------------------------------------
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """`pccore run RECIPE [...]` and `pccore run --resume RUN_DIR`: train, print a summary, return 0."""
+    if args.resume:
+        if args.recipe or args.overrides or args.out or args.smoke:
+            raise UsageError(
+                "--resume RUN_DIR continues a run with the recipe saved in RUN_DIR/recipe.toml; "
+                "it takes no RECIPE, --set, --out or --smoke (only --device)."
+            )
+        run_dir = Path(args.resume)
+        recipe, smoke = load_run(run_dir)
+        train(recipe, run_dir, device=args.device, smoke=smoke, resume=True)
+        return 0
+    if not args.recipe:
+        raise UsageError("pccore run needs a RECIPE (a TOML file), or --resume RUN_DIR to continue a run.")
+    from pccore.plugins import get_registry
+    from pccore.recipe import load_recipe
+
+    registry = get_registry()
+    recipe = load_recipe(args.recipe, args.overrides, registry=registry)
+    out = Path(args.out) if args.out else None
+    train(recipe, out, device=args.device, smoke=args.smoke, registry=registry)
+    return 0
+
+
+def load_run(run_dir: Path) -> tuple[Any, bool]:
+    """The recipe saved in an existing run directory and whether that run is a --smoke run."""
+    from pccore.recipe import load_recipe
+
+    run_dir = Path(run_dir)
+    recipe_path = run_dir / "recipe.toml"
+    if not recipe_path.is_file():
+        raise UsageError(
+            f"cannot resume {run_dir}: it has no recipe.toml, so it is not a pccore run directory "
+            "(give the folder that holds recipe.toml and the seed_<n> folders)."
+        )
+    info_path = run_dir / RUN_INFO
+    try:
+        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    except (OSError, ValueError) as err:
+        raise UsageError(f"cannot resume {run_dir}: {info_path} is unreadable ({err}).") from None
+    return load_recipe(recipe_path), bool(info.get("smoke", False))
+
+
+def train(
+    recipe: Any,
+    out_dir: Path | None = None,
+    *,
+    device: str | None = None,
+    smoke: bool = False,
+    resume: bool = False,
+    registry: Any = None,
+    stream: TextIO | None = None,
+) -> dict[str, Any]:
+    """Train and evaluate `recipe` once per seed and return the aggregate summary (also saved as JSON).
+
+    `out_dir` None makes `run.out_dir/<name>/version_<N>` (under `smoke/` for smoke runs); a given folder
+    is used exactly. `device` overrides `run.device`. `smoke` trains a few batches of random data shaped
+    like the dataset with a reduced model. `resume` continues the run already in `out_dir`.
+    """
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    stream = sys.stdout if stream is None else stream
+    if device is not None:
+        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
+    if smoke:
+        recipe = smoke_recipe(recipe)
+    torch_device = resolve_device(recipe.run.device)
+    autocast_dtype(recipe, torch_device)  # bf16 off CUDA is refused here, before any folder is made
+    if resume:
+        if out_dir is None or not Path(out_dir).is_dir():
+            raise UsageError(f"cannot resume: the run directory {out_dir} does not exist.")
+        run_dir = Path(out_dir)
+    seeds = _seeds(recipe)
+    dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
+    spec = dataset.spec()
+    data = (
+        smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke else dataset.load()
+    )
+    if not resume:
+        run_dir = _make_run_dir(recipe, out_dir, smoke)
+        from pccore.recipe import recipe_to_toml
+
+        atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
+        atomic_write_json(run_dir / RUN_INFO, {"smoke": smoke, "pccore_version": pccore.__version__})
+    context = _RunContext(
+        recipe=recipe,
+        run_dir=run_dir,
+        device=torch_device,
+        dtype=DTYPES[recipe.run.dtype],
+        spec=spec,
+        data=data,
+        registry=registry,
+        progress=Progress(stream),
+        plugins=sorted({f"{p.distribution} {p.version}".strip() for p in registry.plugins}),
+    )
+    print(f"run directory: {run_dir}", file=stream, flush=True)
+    results = []
+    try:
+        for seed in seeds:
+            results.append(_train_seed(context, seed, resume))
+    except BaseException as err:
+        context.progress.abort()
+        if isinstance(err, KeyboardInterrupt):
+            print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
+        raise
+    summary = aggregate(results)
+    summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device), **summary}
+    atomic_write_json(run_dir / "summary.json", summary)
+    context.progress.final(summary)
+    return summary
+
+
+# --- recipe helpers ------------------------------------------------------------------------------
+
+
+def smoke_recipe(recipe: Any) -> Any:
+    """The recipe reduced for --smoke: first seed, one epoch of two batches of at most 8, a thin model."""
+    run = attrs.evolve(recipe.run, seeds=list(_seeds(recipe)[:1]))
+    data = attrs.evolve(
+        recipe.data,
+        batch_size=min(recipe.data.batch_size, SMOKE_BATCH_SIZE),
+        eval_batch_size=min(recipe.data.eval_batch_size, SMOKE_BATCH_SIZE),
+    )
+    train_section = attrs.evolve(recipe.train, epochs=1, max_batches=SMOKE_BATCHES)
+    model = attrs.evolve(recipe.model, params=_thin_params(recipe.model.params))
+    return attrs.evolve(recipe, run=run, data=data, train=train_section, model=model)
+
+
+def _thin_params(params: Any) -> Any:
+    """Architecture parameters with `width` capped at SMOKE_WIDTH and each `hidden` size at SMOKE_HIDDEN."""
+    if params is None or not attrs.has(type(params)):
+        return params
+    names = {f.name for f in attrs.fields(type(params))}
+    changes: dict[str, Any] = {}
+    width = getattr(params, "width", None)
+    if "width" in names and isinstance(width, float):
+        changes["width"] = min(width, SMOKE_WIDTH)
+    hidden = getattr(params, "hidden", None)
+    if "hidden" in names and isinstance(hidden, (list, tuple)):
+        changes["hidden"] = type(hidden)(min(int(h), SMOKE_HIDDEN) for h in hidden)
+    return attrs.evolve(params, **changes) if changes else params
+
+
+def _seeds(recipe: Any) -> list[int]:
+    seeds = [int(s) for s in recipe.run.seeds]
+    if len(set(seeds)) != len(seeds):
+        raise UsageError(f"run.seeds lists a seed twice ({seeds}); each seed gets its own folder.")
+    return seeds
+
+
+def _run_name(recipe: Any) -> str:
+    """run.name, or the recipe file's stem, or "run"."""
+    if getattr(recipe.run, "name", None):
+        return str(recipe.run.name)
+    source = getattr(recipe, "source", None)
+    return Path(source).stem if source else "run"
+
+
+def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
+    """`out_dir` exactly (it must not hold a run already), or the next free version_<N> folder."""
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        if (out_dir / "recipe.toml").exists():
+            raise UsageError(
+                f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
+                "or choose another --out."
+            )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        return out_dir
+    root = Path(recipe.run.out_dir)
+    if smoke:
+        root = root / "smoke"
+    parent = root / _run_name(recipe)
+    parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        taken = [int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
+        candidate = parent / f"version_{max(taken, default=-1) + 1}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+
+
+# --- one seed ------------------------------------------------------------------------------------
+
+
+@attrs.define
+class _RunContext:
+    recipe: Any
+    run_dir: Path
+    device: torch.device
+    dtype: torch.dtype
+    spec: Any
+    data: Any
+    registry: Any
+    progress: Progress
+    plugins: list[str]
+
+
+@attrs.define
+class SeedState:
+    """What a checkpoint carries besides the model, optimizer, schedule and random generators."""
+
+    epochs_done: int = 0
+    best_top1: float = 0.0
+    best_top5: float = 0.0
+    best_epoch: int = 0
+    since_best: int = 0
+    history: list[dict[str, float]] = attrs.Factory(list)
+    wall_s: float = 0.0
+
+
+def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
+    """Train one seed to the end (or early stop) and return its summary, resuming when asked."""
+    recipe = ctx.recipe
+    seed_dir = ctx.run_dir / f"seed_{seed}"
+    summary_path = seed_dir / "summary.json"
+    if resume and summary_path.is_file():
+        ctx.progress.note(f"seed {seed}: finished earlier, skipped")
+        return json.loads(summary_path.read_text())
+    seed_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = seed_dir / "checkpoint.pt"
+
+    torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed)
+    asm = assemble(recipe, ctx.spec, ctx.device, registry=ctx.registry)
+    channels_last = bool(recipe.run.channels_last) and ctx.device.type == "cuda"
+    train_feeder = BatchFeeder(
+        ctx.data, train=True, batch_size=recipe.data.batch_size, device=ctx.device, dtype=ctx.dtype,
+        channels_last=channels_last, max_batches=recipe.train.max_batches,
+    )
+    test_feeder = BatchFeeder(
+        ctx.data, train=False, batch_size=recipe.data.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
+        channels_last=channels_last, max_batches=0,
+    )
+    batches = len(train_feeder)
+    optimizer = make_optimizer([p for p in asm.blocks.parameters() if p.requires_grad], recipe.optimizer)
+    schedule = WarmupCosine(
+        optimizer, recipe.optimizer.lr, recipe.optimizer.schedule_epochs * batches, recipe.optimizer.warmup
+    )
+
+    state = SeedState()
+    if resume and checkpoint_path.is_file():
+        saved = load_checkpoint(checkpoint_path)
+        asm.blocks.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        state = SeedState(**saved["state"])
+        restore_rng_state(saved["rng"])
+        ctx.progress.note(f"seed {seed}: resuming after epoch {state.epochs_done}")
+    fresh = state.epochs_done == 0
+    # A resumed seed hides the events its interrupted epoch logged after the checkpoint (all of them when
+    # no epoch had finished).
+    purge_step = None if not resume else (0 if fresh else schedule.step_count + 1)
+    logger = RunLogger(seed_dir, enabled=bool(recipe.log.tensorboard), purge_step=purge_step)
+    try:
+        if fresh:
+            from pccore.recipe import recipe_to_toml
+
+            logger.log_start(recipe_to_toml(recipe), asm.table)
+        loop = _SeedLoop(ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state)
+        loop.run(checkpoint_path, seed_dir / "best.pt")
+        from pccore.recipe import flatten_recipe
+
+        hparams = {**flatten_recipe(recipe), "run/seed": seed}
+        logger.log_hparams(hparams, state.best_top1, schedule.step_count)
+    finally:
+        logger.close()
+
+    last = state.history[-1]
+    summary = {
+        "seed": seed,
+        "best_top1": state.best_top1,
+        "best_top5": state.best_top5,
+        "best_epoch": state.best_epoch,
+        "final_top1": last["top1"],
+        "final_top5": last["top5"],
+        "epochs": state.epochs_done,
+        "wall_s": state.wall_s,
+        "device": str(ctx.device),
+        "pccore_version": pccore.__version__,
+        "torch_version": torch.__version__,
+        "plugins": ctx.plugins,
+        "history": state.history,
+    }
+    atomic_write_json(summary_path, summary)
+    return summary
+
+
+class _SeedLoop:
+    """The epoch loop of one seed: train, evaluate, track the best, checkpoint, log, stop early."""
+
+    def __init__(self, ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state) -> None:
+        self.ctx = ctx
+        self.recipe = ctx.recipe
+        self.seed = seed
+        self.asm = asm
+        self.engine = asm.engine
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.train_feeder = train_feeder
+        self.test_feeder = test_feeder
+        self.logger = logger
+        self.state = state
+        self.layers = len(asm.blocks)
+        self.top_k = min(5, ctx.spec.num_classes)
+        self.every = int(self.recipe.log.every)
+
+    def run(self, checkpoint_path: Path, best_path: Path) -> None:
+        """Epochs until `train.epochs`, or until `train.patience` epochs pass without a better top-1."""
+        state = self.state
+        epochs = int(self.recipe.train.epochs)
+        patience = int(self.recipe.train.patience)
+        while state.epochs_done < epochs and state.since_best < patience:
+            epoch = state.epochs_done
+            start = time.perf_counter()
+            self.asm.nudging.begin_epoch(self.seed, epoch)
+            loss, energy = self._train_epoch(epoch, epochs, checkpoint_path)
+            top1, top5 = evaluate(self.engine, self.test_feeder.epoch(self.seed, 0), self.top_k)
+            seconds = time.perf_counter() - start
+            improved = state.best_epoch == 0 or top1 > state.best_top1
+            if improved:
+                state.best_top1, state.best_epoch, state.since_best = top1, epoch + 1, 0
+            else:
+                state.since_best += 1
+            state.best_top5 = max(state.best_top5, top5)
+            state.epochs_done = epoch + 1
+            state.wall_s += seconds
+            state.history.append(
+                {"epoch": epoch + 1, "loss": loss, "top1": top1, "top5": top5, "seconds": seconds}
+            )
+            if self.recipe.log.checkpoints:
+                checkpoint = self._checkpoint()
+                save_checkpoint(checkpoint_path, checkpoint)
+                if improved:
+                    save_checkpoint(best_path, checkpoint)
+            self.logger.log_epoch(
+                self.schedule.step_count, epoch=epoch + 1, loss=loss, top1=top1, top5=top5, energy=energy
+            )
+            self.ctx.progress.epoch_end(self.seed, epoch + 1, epochs, loss, top1, top5, state, seconds)
+
+    def _checkpoint(self) -> dict[str, Any]:
+        return {
+            "model": self.asm.blocks.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.schedule.state_dict(),
+            "rng": capture_rng_state(),
+            "state": attrs.asdict(self.state),
+            "seed": self.seed,
+        }
+
+    def _train_epoch(self, epoch: int, epochs: int, checkpoint_path: Path) -> tuple[float, list[float]]:
+        """One pass over the training feeder; returns the mean loss and mean per-layer energies."""
+        window: list[torch.Tensor] = []
+        totals = [0.0] * (self.layers + 1)
+        seen = 0
+        samples = 0
+        start = time.perf_counter()
+        batches = len(self.train_feeder)
+        batch = 0
+        for batch, (x, y) in enumerate(self.train_feeder.epoch(self.seed, epoch), start=1):
+            out = self.engine.train_step(x, y)
+            self.optimizer.step()
+            self.schedule.step()
+            window.append(torch.cat([out.loss.reshape(1).to(out.energy.dtype), out.energy]))
+            samples += int(x.shape[0])
+            rate = samples / max(time.perf_counter() - start, 1e-9)
+            if batch % self.every == 0:
+                rows = self._read(window, epoch, batch, checkpoint_path)
+                seen += len(rows)
+                totals = [t + sum(r[i] for r in rows) for i, t in enumerate(totals)]
+                mean_loss = sum(r[0] for r in rows) / len(rows)
+                lr = self.schedule.current_lr()
+                self.logger.log_train(self.schedule.step_count, mean_loss, lr)
+                self.ctx.progress.log_point(self.seed, epoch + 1, epochs, batch, batches, mean_loss, lr, rate)
+                window = []
+            else:
+                self.ctx.progress.tick(self.seed, epoch + 1, epochs, batch, batches, rate)
+        if window:
+            rows = self._read(window, epoch, batch, checkpoint_path)
+            seen += len(rows)
+            totals = [t + sum(r[i] for r in rows) for i, t in enumerate(totals)]
+        return totals[0] / seen, [t / seen for t in totals[1:]]
+
+    def _read(self, window: list[torch.Tensor], epoch: int, last_batch: int, checkpoint_path: Path) -> list:
+        """Bring a window of per-batch [loss, energy_1..energy_L] rows to the host (one synchronisation)
+        and stop with DivergenceError at the first non-finite value."""
+        rows = torch.stack(window).detach().to("cpu", torch.float64)
+        finite = torch.isfinite(rows)
+        if not bool(finite.all()):
+            first_row = int((~finite).any(dim=1).nonzero()[0, 0])
+            raise DivergenceError(
+                _divergence_message(
+                    self.seed, epoch + 1, last_batch - len(window) + 1 + first_row, rows[first_row].tolist(),
+                    checkpoint_path,
+                )
+            )
+        return rows.tolist()
+
+
+def _divergence_message(seed: int, epoch: int, batch: int, row: Sequence[float], checkpoint: Path) -> str:
+    """Which epoch, batch and layer went non-finite, and what is kept."""
+    loss, energies = row[0], row[1:]
+    bad = [i for i, v in enumerate(energies, start=1) if not math.isfinite(v)]
+    what = (
+        f"the energy of layer {bad[0]} is {energies[bad[0] - 1]} "
+        f"(the first non-finite layer of {len(energies)})"
+        if bad
+        else "every layer's energy is finite"
+    )
+    kept = (
+        f"the checkpoint of the last good epoch is kept in {checkpoint}"
+        if checkpoint.is_file()
+        else "there is no checkpoint to fall back on (no epoch finished, or log.checkpoints is off)"
+    )
+    return (
+        f"training diverged in epoch {epoch}, batch {batch} (seed {seed}): {what}, the loss is {loss}; "
+        f"{kept}. Lower inference.lr or optimizer.lr and run again."
+    )
+
+
+def evaluate(
+    engine: Any, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], k: int
+) -> tuple[float, float]:
+    """Top-1 and top-k accuracy (fractions in [0, 1]) of `engine.predict` over the given batches."""
+    correct1: torch.Tensor | None = None
+    correctk: torch.Tensor | None = None
+    total = 0
+    for x, y in batches:
+        logits = engine.predict(x)
+        top = logits.topk(k, dim=1).indices
+        hits = top.eq(y.view(-1, 1))
+        c1, ck = hits[:, 0].sum(), hits.any(dim=1).sum()
+        correct1 = c1 if correct1 is None else correct1 + c1
+        correctk = ck if correctk is None else correctk + ck
+        total += int(y.shape[0])
+    if total == 0:
+        raise UsageError("the test set yields no batch, so the run cannot be evaluated.")
+    return int(correct1) / total, int(correctk) / total
+
+
+# --- summaries and output ------------------------------------------------------------------------
+
+
+def aggregate(seed_summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and population standard deviation (ddof 0) of the seeds' best top-1 and top-5."""
+    top1 = [float(s["best_top1"]) for s in seed_summaries]
+    top5 = [float(s["best_top5"]) for s in seed_summaries]
+    return {
+        "top1_mean": _mean(top1),
+        "top1_std": _population_std(top1),
+        "top5_mean": _mean(top5),
+        "top5_std": _population_std(top5),
+        "std": "population (ddof 0)",
+        "seeds": list(seed_summaries),
+    }
+
+
+def _mean(values: Sequence[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _population_std(values: Sequence[float]) -> float:
+    mean = _mean(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+
+
+class Progress:
+    """Progress on stdout: a single redrawn line per epoch on a terminal, plain log lines otherwise."""
+
+    BAR = 20
+    REFRESH_S = 0.2
+
+    def __init__(self, stream: TextIO, tty: bool | None = None) -> None:
+        self.stream = stream
+        self.tty = bool(getattr(stream, "isatty", lambda: False)()) if tty is None else tty
+        self.loss: float | None = None
+        self.top1: float | None = None
+        self._drawn = 0.0
+        self._open = False
+
+    def note(self, text: str) -> None:
+        """A line of its own (closing a progress line first)."""
+        self._close_line()
+        print(text, file=self.stream, flush=True)
+
+    def tick(self, seed: int, epoch: int, epochs: int, batch: int, batches: int, rate: float) -> None:
+        """A batch finished: redraw the bar (terminal only, at most every REFRESH_S seconds)."""
+        if self.tty and time.perf_counter() - self._drawn >= self.REFRESH_S:
+            self._draw(seed, epoch, epochs, batch, batches, rate)
+
+    def log_point(
+        self, seed: int, epoch: int, epochs: int, batch: int, batches: int, loss: float, lr: float,
+        rate: float,
+    ) -> None:
+        """A log point: the mean loss since the previous one is known."""
+        self.loss = loss
+        if self.tty:
+            self._draw(seed, epoch, epochs, batch, batches, rate)
+            return
+        print(
+            f"seed {seed} epoch {epoch}/{epochs} batch {batch}/{batches} loss {loss:.4g} lr {lr:.3g} "
+            f"{rate:.0f} samples/s",
+            file=self.stream,
+            flush=True,
+        )
+
+    def epoch_end(
+        self, seed: int, epoch: int, epochs: int, loss: float, top1: float, top5: float, state: SeedState,
+        seconds: float,
+    ) -> None:
+        """The epoch's line: loss, test accuracy, best so far, time."""
+        self.top1 = top1
+        line = (
+            f"seed {seed} epoch {epoch}/{epochs} loss {loss:.4g} top1 {top1:.4f} top5 {top5:.4f} "
+            f"best {state.best_top1:.4f} (epoch {state.best_epoch}) {seconds:.1f}s"
+        )
+        if self.tty:
+            self.stream.write("\r\x1b[2K")
+            self._open = False
+        print(line, file=self.stream, flush=True)
+
+    def abort(self) -> None:
+        """End a half-drawn progress line (interruption)."""
+        self._close_line()
+
+    def final(self, summary: dict[str, Any]) -> None:
+        """A table of the seeds and the mean ± population std line."""
+        self._close_line()
+        header = ("seed", "best_top1", "best_top5", "final_top1", "epochs", "wall_s")
+        lines = ["{:>6} {:>10} {:>10} {:>10} {:>6} {:>8}".format(*header)]
+        for s in summary["seeds"]:
+            lines.append(
+                f"{s['seed']:>6} {s['best_top1']:>10.4f} {s['best_top5']:>10.4f} {s['final_top1']:>10.4f} "
+                f"{s['epochs']:>6} {s['wall_s']:>8.1f}"
+            )
+        n = len(summary["seeds"])
+        lines.append(
+            f"top-1 {summary['top1_mean']:.4f} ± {summary['top1_std']:.4f}, "
+            f"top-5 {summary['top5_mean']:.4f} ± {summary['top5_std']:.4f} "
+            f"(mean ± population std over {n} seed{'s' if n != 1 else ''}); summary: "
+            f"{Path(summary['run_dir']) / 'summary.json'}"
+        )
+        print("\n".join(lines), file=self.stream, flush=True)
+
+    def _draw(self, seed: int, epoch: int, epochs: int, batch: int, batches: int, rate: float) -> None:
+        filled = self.BAR * batch // max(batches, 1)
+        bar = "#" * filled + "." * (self.BAR - filled)
+        loss = f"{self.loss:.4g}" if self.loss is not None else "-"
+        top1 = f"{self.top1:.4f}" if self.top1 is not None else "-"
+        self.stream.write(
+            f"\r\x1b[2Kseed {seed} epoch {epoch}/{epochs} [{bar}] {batch}/{batches} loss {loss} "
+            f"last top1 {top1} {rate:.0f} samples/s"
+        )
+        self.stream.flush()
+        self._drawn = time.perf_counter()
+        self._open = True
+
+    def _close_line(self) -> None:
+        if self._open:
+            self.stream.write("\n")
+            self.stream.flush()
+            self._open = False
