@@ -1,0 +1,251 @@
+"""The shipped recipes: the expected set exists and is named by rule, every file passes `pccore recipe
+check`, says where each value comes from, carries the values METHOD.md publishes, and runs end to end
+(`pccore run --smoke`); the S+F quickstart reaches 96% test accuracy.
+
+Expected values are written out here from METHOD.md, not read back from the recipes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from itertools import product
+from pathlib import Path
+
+import pytest
+
+from pccore.cli import main
+from pccore.recipe import load_recipe, recipe_to_dict
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+BLOCKS = {"vgg5": 5, "vgg7": 7, "vgg10": 10, "vgg15": 15}
+"""L, the number of blocks of each architecture (METHOD.md, "Architectures")."""
+T_SEARCH = {
+    "vgg5": {5, 6, 7, 8},
+    "vgg7": {7, 9, 11, 13},
+    "vgg10": {10, 12, 14, 16},
+    "vgg15": {15, 17, 19, 21},
+}
+"""The paper's search set for the number of inference steps T."""
+ALGORITHMS = {
+    "bp": ("constant", "backprop"),
+    "pc": ("constant", "standard"),
+    "sf": ("spiking", "forward"),
+    "df": ("decaying", "forward"),
+}
+"""(precision, update) of each algorithm in a recipe's name."""
+NAME_RULE = re.compile(r"(vgg5|vgg7|vgg10|vgg15)_(cifar10|cifar100|tinyimagenet)_(bp|pc|sf|df)(_bf)?")
+
+PAPER = sorted(
+    [f"{m}_{d}_{a}{bf}" for m, d, a, bf in product(("vgg5", "vgg7", "vgg10"), ("cifar10", "cifar100"),
+                                                   ALGORITHMS, ("", "_bf"))]
+    + [f"vgg15_tinyimagenet_{a}{bf}" for a, bf in product(("bp", "pc", "sf"), ("", "_bf"))]
+)
+QUICKSTARTS = ["quickstart", "quickstart_bp", "quickstart_pc"]
+SHIPPED = sorted(RECIPES.glob("*.toml"))
+EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
+
+
+def _path(name: str) -> Path:
+    return RECIPES / f"{name}.toml"
+
+
+def _parts(name: str) -> tuple[str, str, str, bool]:
+    model, dataset, algorithm, bf = NAME_RULE.fullmatch(name).groups()
+    return model, dataset, algorithm, bf is not None
+
+
+def _names(files: list[Path]) -> list[str]:
+    return [p.relative_to(RECIPES).as_posix() for p in files]
+
+
+# --- the set of recipes and their names -------------------------------------------------------------
+
+
+def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
+    assert len(PAPER) == 54
+    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=_names(SHIPPED))
+def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path) -> None:
+    recipe = load_recipe(path)
+    assert recipe.run.name == path.stem
+    if path.stem in QUICKSTARTS:
+        assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
+        return
+    assert NAME_RULE.fullmatch(path.stem), f"{path.name} breaks <model>_<dataset>_<algorithm>[_bf].toml"
+    model, dataset, algorithm, bf = _parts(path.stem)
+    assert recipe.model.name == model
+    assert recipe.data.name == dataset
+    assert (recipe.precision.name, recipe.update.name) == ALGORITHMS[algorithm]
+    expected_norm = ("batchnorm" if algorithm == "bp" else "frozen") if bf else "none"
+    assert recipe.normalization.name == expected_norm
+
+
+# --- validity and documentation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", EVERY_FILE, ids=_names(EVERY_FILE))
+def test_every_recipe_file_passes_recipe_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["recipe", "check", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"OK {path} ({path.stem}): ")
+
+
+_ASSIGNMENT = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
+
+
+@pytest.mark.parametrize("path", EVERY_FILE, ids=_names(EVERY_FILE))
+def test_every_value_says_whether_it_is_published_or_reasoned(path: Path) -> None:
+    lines = path.read_text().splitlines()
+    undocumented = []
+    for number, line in enumerate(lines):
+        if not _ASSIGNMENT.match(line) or line.lstrip().startswith("extends"):
+            continue
+        comment = line.partition("#")[2]
+        if not comment:
+            above = number
+            while above > 0 and lines[above - 1].lstrip().startswith("#"):
+                above -= 1
+            comment = " ".join(lines[above:number])
+        if not re.search(r"\b(published|reasoned)\b", comment):
+            undocumented.append(f"line {number + 1}: {line.strip()}")
+    assert not undocumented, f"{path.name}: values without 'published' or 'reasoned': {undocumented}"
+
+
+def test_the_comment_rule_catches_an_undocumented_value(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train]\n# reasoned: short\nepochs = 3\npatience = 2  # just because\n")
+    with pytest.raises(AssertionError, match=r"line 4: patience = 2"):
+        test_every_value_says_whether_it_is_published_or_reasoned(bad)
+
+
+# --- the values METHOD.md gives ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_paper_recipes_follow_the_paper_protocol(name: str) -> None:
+    recipe = load_recipe(_path(name))
+    assert recipe.run.seeds == [0, 1, 2, 3, 4]
+    assert recipe.data.batch_size == 128
+    assert recipe.data.params.augment is True
+    assert (recipe.train.epochs, recipe.train.patience, recipe.train.max_batches) == (50, 10, 0)
+    assert (recipe.optimizer.warmup, recipe.optimizer.schedule_epochs) == (0.1, 25)
+    assert recipe.model.output_energy == "se"
+    assert (recipe.model.params.activation, recipe.model.params.width) == ("gelu", 1.0)
+    assert recipe.nudging.name == "clamp"
+    assert recipe.inference.nesterov is True
+    assert recipe.run.precision == "fp32"
+
+
+@pytest.mark.parametrize("name", PAPER)
+def test_inference_steps_come_from_the_search_sets_and_reach_every_layer(name: str) -> None:
+    model, _, algorithm, _ = _parts(name)
+    steps = load_recipe(_path(name)).inference.steps
+    if algorithm == "bp":
+        assert steps == 0
+        return
+    assert steps in T_SEARCH[model]
+    if algorithm in ("sf", "df"):
+        assert steps >= BLOCKS[model]
+
+
+def test_vgg5_cifar10_pc_is_the_published_pcx_configuration() -> None:
+    recipe = load_recipe(_path("vgg5_cifar10_pc"))
+    assert recipe.inference.steps == 7
+    assert recipe.inference.lr == 0.0235
+    assert recipe.inference.momentum == 0.3
+    assert recipe.optimizer.lr == 2.66e-4
+    assert recipe.optimizer.weight_decay == 6.66e-3
+    assert recipe.model.params.activation == "gelu"
+    assert recipe.normalization.name == "none"
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if _parts(n)[2] == "sf"])
+def test_sf_recipes_use_the_reference_example(name: str) -> None:
+    recipe = load_recipe(_path(name))
+    assert (recipe.precision.params.peak, recipe.precision.params.base) == (1.0, 0.001)
+    assert recipe.precision.params.learning == "ones"
+    assert (recipe.inference.lr, recipe.inference.momentum, recipe.inference.nesterov) == (0.8, 0.1, True)
+    assert (recipe.optimizer.lr, recipe.optimizer.weight_decay) == (7.5e-4, 3.2e-5)
+    assert recipe.inference.steps == BLOCKS[_parts(name)[0]]
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if _parts(n)[2] == "df"])
+def test_df_recipes_use_the_reference_decay(name: str) -> None:
+    recipe = load_recipe(_path(name))
+    assert recipe.precision.params.variant == "reference"
+    assert recipe.precision.params.k == 1.0
+    assert recipe.inference.decay_last_lr is True
+    assert recipe.inference.steps >= BLOCKS[_parts(name)[0]]
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if _parts(n)[2] == "bp"])
+def test_bp_recipes_take_a_learning_rate_from_the_bp_search_range(name: str) -> None:
+    recipe = load_recipe(_path(name))
+    assert 1e-5 <= recipe.optimizer.lr <= 3e-4
+
+
+@pytest.mark.parametrize("name", [n for n in PAPER if not n.endswith("_bf")])
+def test_a_bf_recipe_differs_from_its_plain_twin_only_in_normalisation(name: str) -> None:
+    plain = recipe_to_dict(load_recipe(_path(name)))
+    frozen = recipe_to_dict(load_recipe(_path(name + "_bf")))
+    assert plain["normalization"] == {"name": "none"}
+    expected = "batchnorm" if _parts(name)[2] == "bp" else "frozen"
+    assert frozen["normalization"] == {"name": expected, "momentum": 0.1, "eps": 1e-5}
+    for recipe in (plain, frozen):
+        del recipe["normalization"], recipe["run"]["name"]
+    assert plain == frozen
+
+
+def test_the_schedule_of_vgg5_cifar10_sf_spikes_on_the_wavefront(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["schedule", str(_path("vgg5_cifar10_sf")), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert (table["layers"], table["steps"]) == (5, 5)
+    # pi[t][l] = 1 where t == L - l (layer 5 at t = 0 ... layer 1 at t = 4), 0.001 elsewhere.
+    assert table["inference"] == [
+        [0.001, 0.001, 0.001, 0.001, 1.0],
+        [0.001, 0.001, 0.001, 1.0, 0.001],
+        [0.001, 0.001, 1.0, 0.001, 0.001],
+        [0.001, 1.0, 0.001, 0.001, 0.001],
+        [1.0, 0.001, 0.001, 0.001, 0.001],
+    ]
+    assert table["learning"] == [1.0] * 5
+
+
+def test_the_quickstarts_share_one_model_and_differ_in_the_algorithm() -> None:
+    recipes = {name: load_recipe(_path(name)) for name in QUICKSTARTS}
+    for recipe in recipes.values():
+        assert recipe.run.seeds == [0]
+        assert recipe.model == recipes["quickstart"].model
+        assert recipe.data == recipes["quickstart"].data
+        assert recipe.train == recipes["quickstart"].train
+    algorithm = {n: (r.precision.name, r.update.name, r.normalization.name) for n, r in recipes.items()}
+    assert algorithm == {
+        "quickstart": ("spiking", "forward", "frozen"),
+        "quickstart_bp": ("constant", "backprop", "batchnorm"),
+        "quickstart_pc": ("constant", "standard", "frozen"),
+    }
+
+
+# --- running ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS)
+def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(_path(name)), "--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["seed"] for s in summary["seeds"]] == [0]
+    assert summary["seeds"][0]["epochs"] == 1
+    assert 0.0 <= summary["top1_mean"] <= 1.0
+
+
+def test_the_quickstart_reaches_96_percent_on_the_cpu(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["run", str(_path("quickstart")), "--device", "cpu", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["seeds"][0]["epochs"] == 6
+    assert summary["top1_mean"] >= 0.96
