@@ -43,7 +43,7 @@ def _print_grid(title: str, row_label: str, rows: list[list[float]], layers: int
     width = max([len(c) for row in cells for c in row] + [len(f"l={layers}")])
     print(title)
     print(" " * 8 + " ".join(f"l={l}".rjust(width) for l in range(1, layers + 1)))
-    for label, row in zip(row_label, cells):
+    for label, row in zip(row_label, cells, strict=True):
         print(f"{label:<8}" + " ".join(c.rjust(width) for c in row))
 
 
@@ -92,14 +92,15 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
 
     index = {id(p): i for i, p in enumerate(model.parameters())}
     cosines = []
+    def flat(grads, params) -> torch.Tensor:
+        """One block's gradients as one vector (a parameter without a gradient counts as zeros)."""
+        parts = [grads[index[id(p)]] for p in params]
+        return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
+                          for g, p in zip(parts, params, strict=True)]).double()
+
     for block in model:
-        ids = [index[id(p)] for p in block.parameters()]
-
-        def flat(grads, ids=ids):
-            return torch.cat([(grads[i] if grads[i] is not None else torch.zeros_like(p)).flatten()
-                              for i, p in zip(ids, block.parameters())]).double()
-
-        cosines.append(_cosine(flat(pc_grads), flat(bp_grads)))
+        params = list(block.parameters())
+        cosines.append(_cosine(flat(pc_grads, params), flat(bp_grads, params)))
     energies = trace.energies if trace.energies is not None else torch.zeros(0, engine.L)
     return {
         "layers": engine.L,

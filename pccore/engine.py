@@ -124,8 +124,8 @@ class PCEngine:
         return mu
 
     def _momentum_buffers(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        shapes = [s.shape for s in states]
-        if [b.shape for b in self._buffers] != shapes or any(b.dtype != s.dtype for b, s in zip(self._buffers, states)):
+        """Zeroed momentum buffers for the states, reused from the last batch when the shapes agree."""
+        if [(b.shape, b.dtype) for b in self._buffers] != [(s.shape, s.dtype) for s in states]:
             self._buffers = [torch.zeros_like(s) for s in states]
         else:
             torch._foreach_zero_(self._buffers)
@@ -175,51 +175,56 @@ class PCEngine:
                             preds[1] = initial[1].detach()  # x^0 is fixed, so f_1(x^0) is mu^1_0
                         else:
                             preds[l] = self.blocks[l - 1](states[l - 1])
-                # dE_t/dx: each latent layer's own error term, plus the error of the layer above
-                # backpropagated through its block (one autograd call for all layers).
-                outputs = [preds[l] for l in range(max(first, 2), L + 1)]
-                seeds = [self._prediction_grad(l, states[l], preds[l], pi[t][l - 1])
-                         for l in range(max(first, 2), L + 1)]
-                grads = list(torch.autograd.grad(outputs, latent[lo - 1 :], seeds))
+                # Descent directions -dE_t/dx, one autograd call for all layers: the weighted error
+                # pi_l (x^l - mu^l) of each layer above, pulled back through its block, minus the
+                # layer's own weighted error.
+                werr = [None] * first + [
+                    self._weighted_error(l, states[l], preds[l], pi[t][l - 1]) for l in range(first, L + 1)
+                ]
+                pulled = range(max(first, 2), L + 1)  # blocks whose input is a latent state
+                directions = list(torch.autograd.grad(
+                    [preds[l] for l in pulled], latent[lo - 1 :], [werr[l].to(preds[l].dtype) for l in pulled]
+                ))
                 for l in range(first, L):
-                    eps = states[l].detach() - preds[l].detach().to(states[l].dtype)
-                    grads[l - lo].addcmul_(eps, pi[t][l - 1])
+                    directions[l - lo].sub_(werr[l])
                 if energies is not None:
                     energies[t, first - 1 :] = self._energies(states, preds, first)
                 with torch.no_grad():
-                    self._sgd(latent[lo - 1 :], grads, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
+                    self._sgd(latent[lo - 1 :], directions, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
         final = self._energies(states, preds, first)
         if first > 1:
             final = torch.cat([final.new_zeros(first - 1), final])
         return final
 
-    def _prediction_grad(self, layer: int, x: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """d(weight * e_layer)/d(prediction), in the prediction's dtype."""
-        p = pred.detach().to(x.dtype)
+    @torch.no_grad()
+    def _weighted_error(self, layer: int, x: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """-d(weight * e_layer)/d(prediction) in the states' dtype: weight * (x - mu) for squared error,
+        weight * (x - softmax(mu) * sum(x)) for cross-entropy at the output."""
         if layer == self.L and self.output_energy == "ce":
-            g = torch.softmax(p, dim=-1) * x.sum(dim=-1, keepdim=True) - x
-        else:
-            g = p - x
-        return (weight * g).to(pred.dtype)
+            p = torch.softmax(pred.to(x.dtype), dim=-1)
+            return (x - p * x.sum(dim=-1, keepdim=True)).mul_(weight)
+        return torch.sub(x, pred.to(x.dtype)).mul_(weight)
 
     @torch.no_grad()
     def _energies(self, states, preds, first: int) -> torch.Tensor:
         """Energies e_first..e_L (summed over the batch) of the given predictions."""
         return torch.stack([self.layer_energy(l, states[l], preds[l]) for l in range(first, self.L + 1)])
 
-    def _sgd(self, xs, grads, bufs, lrs: list[float], m: float) -> None:
-        """One SGD step with (Nesterov) momentum, PyTorch's convention: b = m b + g; d = g + m b or b."""
+    def _sgd(self, xs, directions, bufs, lrs: list[float], m: float) -> None:
+        """One SGD step with (Nesterov) momentum in PyTorch's convention (b = m b + g; step g + m b, or b),
+        written for descent directions d = -g so that every operation is in place."""
         if m != 0.0:
             torch._foreach_mul_(bufs, m)
-            torch._foreach_add_(bufs, grads)
-            direction = torch._foreach_add(grads, bufs, alpha=m) if self.nesterov else bufs
-        else:
-            direction = grads
+            torch._foreach_add_(bufs, directions)
+            if self.nesterov:
+                torch._foreach_add_(directions, bufs, alpha=m)
+            else:
+                directions = bufs
         if all(r == lrs[0] for r in lrs):
-            torch._foreach_add_(xs, direction, alpha=-lrs[0])
+            torch._foreach_add_(xs, directions, alpha=lrs[0])
         else:
-            for x, d, r in zip(xs, direction, lrs):
-                x.add_(d, alpha=-r)
+            for x, d, r in zip(xs, directions, lrs, strict=True):
+                x.add_(d, alpha=r)
 
     # --- training ------------------------------------------------------------------------------
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
+from pccore_plugins.normalization import NoNormalization
+from pccore_plugins.nudging import Clamp
 from torch import nn
 
 from pccore.components import NoParams, PrecisionTable
 from pccore.engine import PCEngine
-from pccore_plugins.normalization import NoNormalization
-from pccore_plugins.nudging import Clamp
 
 
 def tanh_mlp(sizes, dtype=torch.float64):
@@ -22,15 +22,14 @@ def tanh_mlp(sizes, dtype=torch.float64):
 
 def table(inference, learning=None):
     inf = torch.tensor(inference, dtype=torch.float64)
-    learn = torch.ones(inf.shape[1], dtype=torch.float64) if learning is None else torch.tensor(learning, dtype=torch.float64)
+    learn = torch.ones(inf.shape[1]) if learning is None else torch.tensor(learning)
+    learn = learn.to(torch.float64)
     return PrecisionTable(inf, learn)
 
 
-def engine(blocks, tab, update, *, lr=0.1, momentum=0.0, nesterov=True, norm=None, nudging=None, **kw):
+def engine(blocks, tab, update, *, num_classes, lr=0.1, momentum=0.0, nesterov=True, norm=None, nudging=None, **kw):
     return PCEngine(blocks, tab, update, norm or NoNormalization(NoParams()), nudging or Clamp(NoParams()),
-                    steps=tab.steps, lr=lr, momentum=momentum, nesterov=nesterov,
-                    num_classes=kw.pop("num_classes", blocks[-1][-1].out_features if isinstance(blocks[-1], nn.Sequential) else 10),
-                    **kw)
+                    steps=tab.steps, lr=lr, momentum=momentum, nesterov=nesterov, num_classes=num_classes, **kw)
 
 
 def unmasked_inference(blocks, x0, target, pi, *, lr, momentum, nesterov, ce=False):

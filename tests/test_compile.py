@@ -3,10 +3,10 @@
 import copy
 
 import torch
-
-from pccore.components import NoParams
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import ForwardUpdate, StandardUpdate
+
+from pccore.components import NoParams
 from tests.engine_helpers import engine, tanh_mlp
 
 
@@ -25,5 +25,5 @@ def test_compiled_and_eager_training_steps_agree():
         b = compiled.train_step(x, y)
         torch.testing.assert_close(b.loss, a.loss, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(b.energy, a.energy, rtol=1e-5, atol=1e-6)
-        for p, q in zip(eager_blocks.parameters(), compiled_source.parameters()):
+        for p, q in zip(eager_blocks.parameters(), compiled_source.parameters(), strict=True):
             torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6)

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-
-from pccore.components import NoParams
 from pccore_plugins.normalization import BatchNorm, BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Center, CenterParams, Nudge, NudgeParams
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import Backprop, ForwardUpdate, StandardUpdate
+
+from pccore.components import NoParams
 from tests.engine_helpers import engine, table, tanh_mlp, unmasked_inference
 
 STD, FWD, BP = StandardUpdate(NoParams()), ForwardUpdate(NoParams()), Backprop(NoParams())
@@ -127,7 +127,7 @@ def test_update_rule_gradients_equal_autograd_of_the_hand_written_energy(update)
         inp = xT[l - 1] if update == "standard" else x_init[l - 1]
         energy = energy + learn[l - 1] * 0.5 * ((xT[l] - reference[l - 1](inp)) ** 2).sum()
     (energy / 7).backward()
-    for g, p in zip(got, reference.parameters()):
+    for g, p in zip(got, reference.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad, rtol=1e-10, atol=1e-12)
 
 
@@ -151,7 +151,7 @@ def test_backprop_rule_matches_a_plain_pytorch_training_step(output_energy):
     opt2.zero_grad()
     loss.backward()
     opt2.step()
-    for a, b in zip(blocks.parameters(), plain.parameters()):
+    for a, b in zip(blocks.parameters(), plain.parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
@@ -178,7 +178,7 @@ def test_batchnorm_freezing_updates_running_statistics_once_in_the_learning_phas
     with torch.no_grad():  # the learning phase's inputs to each BatchNorm: the linear layer of x^{l-1}_T
         pre = [blocks[0][1](blocks[0][0](states[0])), blocks[1][0](states[1])]
     eng.learning_loss(x0, y, trace)
-    for bn, z in zip(bns, pre):
+    for bn, z in zip(bns, pre, strict=True):
         torch.testing.assert_close(bn.running_mean, 0.1 * z.mean(0), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * z.var(0, unbiased=True), rtol=1e-12, atol=1e-14)
         assert int(bn.num_batches_tracked) == 1
@@ -247,7 +247,8 @@ def test_center_nudging_per_epoch_keeps_one_sign_for_the_epoch():
     signs = set()
     for epoch in range(20):
         center.begin_epoch(0, epoch)
-        within = {float(center.output_node(torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64))[0]) for _ in range(10)}
+        zero, one = torch.zeros(1, 1, dtype=torch.float64), torch.ones(1, 1, dtype=torch.float64)
+        within = {float(center.output_node(zero, one)[0]) for _ in range(10)}
         assert len(within) == 1
         signs |= within
     assert signs == {0.3, -0.3}

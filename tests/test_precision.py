@@ -4,9 +4,13 @@ import math
 
 import pytest
 import torch
-
 from pccore_plugins.precision import (
-    Constant, ConstantParams, Decaying, DecayingParams, Spiking, SpikingParams,
+    Constant,
+    ConstantParams,
+    Decaying,
+    DecayingParams,
+    Spiking,
+    SpikingParams,
 )
 
 
