@@ -66,6 +66,20 @@ def autocast_dtype(recipe, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def compile_blocks(model: nn.ModuleList) -> nn.ModuleList:
+    """Each block compiled on its own, with static shapes. The blocks share their Python code (e.g.
+    nn.Sequential.forward), which dynamo counts against one recompile limit: raise it so that every block,
+    with each grad mode it is called in, gets its own graph instead of falling back to eager."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    needed = 8 * len(model)
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(config, name):
+            setattr(config, name, max(getattr(config, name), needed))
+    return nn.ModuleList([torch.compile(b, dynamic=False) for b in model])
+
+
 def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
     """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
     if registry is None:
@@ -88,12 +102,10 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
         raise UsageError(f"model '{recipe.model.name}': {err}") from None
     dtype = DTYPES[recipe.run.dtype]
     model = nn.ModuleList(blocks).to(device=device, dtype=dtype)
-    if recipe.run.channels_last and device.type == "cuda":
+    if recipe.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     table = built["precision"].table(len(model), recipe.inference.steps)
-    engine_blocks = model
-    if recipe.run.compile:
-        engine_blocks = nn.ModuleList([torch.compile(b) for b in model])
+    engine_blocks = compile_blocks(model) if recipe.run.compile else model
     inference = recipe.inference
     engine = PCEngine(
         engine_blocks,

@@ -77,7 +77,7 @@ def bench_batch(
     spec = registry.build("dataset", recipe.data.name, recipe.data.params).spec()
     seed = recipe.run.seeds[0]
     data = smoke_data(spec, 1, recipe.data.batch_size, seed)
-    channels_last = bool(recipe.run.channels_last) and device.type == "cuda"
+    channels_last = bool(recipe.run.channels_last)
     feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device,
                          dtype=DTYPES[recipe.run.dtype], channels_last=channels_last)
     x, y = next(iter(feeder.epoch(seed, 0)))

@@ -294,7 +294,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
     random.seed(seed)
     np.random.seed(seed)
     asm = assemble(recipe, ctx.spec, ctx.device, registry=ctx.registry)
-    channels_last = bool(recipe.run.channels_last) and ctx.device.type == "cuda"
+    channels_last = bool(recipe.run.channels_last)
     train_feeder = BatchFeeder(
         ctx.data, train=True, batch_size=recipe.data.batch_size, device=ctx.device, dtype=ctx.dtype,
         channels_last=channels_last, max_batches=recipe.train.max_batches,
