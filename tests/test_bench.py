@@ -283,12 +283,14 @@ def test_matrix_quick_tiny(tmp_path):
     text = out.read_text()
     assert text in done.stdout
     head = "| model | input | batch | width | T | algorithm | pc s/step | bp s/step | ratio | pc MB | bp MB |"
-    assert head + " target |" in text
+    assert head + " PCX ratio | target ratio | memory ratio |" in text
     rows = [line for line in text.splitlines() if line.startswith("| VGG5")]
     assert len(rows) == 1
     cells = [c.strip() for c in rows[0].strip("|").split("|")]
     assert cells[:6] == ["VGG5", "32x32", "4", "0.0625", "5", "S+F (BF)"]
     assert cells[11] == "2.04"  # 2.37 s / 1.16 s per epoch, the paper's PCX figures
+    assert cells[12] == "<= 3"  # issue 5's CPU target for VGG5 S+F
+    assert float(cells[13]) == pytest.approx(float(cells[9]) / float(cells[10]), rel=0.01)
     pc, bp, ratio = float(cells[6]), float(cells[7]), float(cells[8])
     assert ratio == pytest.approx(pc / bp, rel=0.02)  # the cells are rounded to 3 digits
     assert float(cells[9]) > 0 and float(cells[10]) > 0
