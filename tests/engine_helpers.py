@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-from pccore_plugins.normalization import NoNormalization
-from pccore_plugins.nudging import Clamp
 from torch import nn
 
 from pccore.components import NoParams, PrecisionTable
 from pccore.engine import PCEngine
+from pccore_plugins.normalization import NoNormalization
+from pccore_plugins.nudging import Clamp
 
 
 def tanh_mlp(sizes, dtype=torch.float64):

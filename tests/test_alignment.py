@@ -3,16 +3,16 @@ points along the backprop gradient of the output loss; standard PC with the same
 
 import pytest
 import torch
-from pccore_plugins.architectures import MLP, VGG, MLPParams, VGGParams
-from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
-from pccore_plugins.nudging import Clamp
-from pccore_plugins.precision import Spiking, SpikingParams
-from pccore_plugins.update import ForwardUpdate, StandardUpdate
 
 from pccore.assemble import Assembly
 from pccore.components import NoParams
 from pccore.diagnose import diagnose_batch
 from pccore.engine import PCEngine
+from pccore_plugins.architectures import MLP, VGG, MLPParams, VGGParams
+from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
+from pccore_plugins.nudging import Clamp
+from pccore_plugins.precision import Spiking, SpikingParams
+from pccore_plugins.update import ForwardUpdate, StandardUpdate
 
 CASES = {
     "tanh_mlp": (lambda: MLP(MLPParams(hidden=[64, 64, 64], activation="tanh")), (20,), NoNormalization),

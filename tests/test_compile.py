@@ -3,10 +3,10 @@
 import copy
 
 import torch
-from pccore_plugins.precision import Spiking, SpikingParams
-from pccore_plugins.update import ForwardUpdate, StandardUpdate
 
 from pccore.components import NoParams
+from pccore_plugins.precision import Spiking, SpikingParams
+from pccore_plugins.update import ForwardUpdate, StandardUpdate
 from tests.engine_helpers import engine, tanh_mlp
 
 

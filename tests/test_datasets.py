@@ -15,11 +15,11 @@ import pytest
 import torch
 import torchvision.datasets.cifar
 import torchvision.datasets.utils
-from pccore_plugins import datasets as ds
 from PIL import Image
 
 from pccore.components import Augmentation, Dataset, DataSpec, ImageData
 from pccore.errors import DatasetUnavailable
+from pccore_plugins import datasets as ds
 
 # --- registration --------------------------------------------------------------------------------
 

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+
+from pccore.components import NoParams
 from pccore_plugins.normalization import BatchNorm, BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Center, CenterParams, Nudge, NudgeParams
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import Backprop, ForwardUpdate, StandardUpdate
-
-from pccore.components import NoParams
 from tests.engine_helpers import engine, table, tanh_mlp, unmasked_inference
 
 STD, FWD, BP = StandardUpdate(NoParams()), ForwardUpdate(NoParams()), Backprop(NoParams())

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+
 from pccore_plugins.precision import (
     Constant,
     ConstantParams,

@@ -1,0 +1,92 @@
+"""Architectures against parameter counts computed by hand from METHOD.md's layouts."""
+
+import pytest
+import torch
+
+from pccore.components import NoParams
+from pccore_plugins.architectures import MLP, VGG, MLPParams, VGGParams
+from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
+
+# Written out from METHOD.md, independently of the plugin's layout tables: (in, out) of every 3x3 conv,
+# then the head's input features as a function of the input size s.
+CONVS = {
+    "vgg5": [(3, 128), (128, 256), (256, 512), (512, 512)],
+    "vgg7": [(3, 128), (128, 128), (128, 256), (256, 256), (256, 512), (512, 512)],
+    "vgg10": [(3, 64), (64, 128), (128, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 256),
+              (256, 512)],
+    "vgg15": [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), (256, 256), (256, 256), (256, 512),
+              (512, 512), (512, 512), (512, 512), (512, 512), (512, 512)],
+}
+HEAD_FEATURES = {
+    "vgg5": lambda s: 512 * (s // 16) ** 2,
+    "vgg7": lambda s: 512 * ((s // 4 - 2) // 2 - 2) ** 2,
+    "vgg10": lambda s: 512 * (s // 16) ** 2,
+    "vgg15": lambda s: 512 * (s // 32) ** 2,
+}
+
+
+def hand_count(name: str, size: int, classes: int, batchnorm: bool) -> int:
+    convs = sum(i * o * 9 + o + (2 * o if batchnorm else 0) for i, o in CONVS[name])
+    features = HEAD_FEATURES[name](size)
+    if name == "vgg15":  # linear -> 4096 (+ BatchNorm) -> activation, then linear -> classes
+        head = features * 4096 + 4096 + (2 * 4096 if batchnorm else 0) + 4096 * classes + classes
+    else:
+        head = features * classes + classes
+    return convs + head
+
+
+def built_count(name: str, size: int, classes: int, batchnorm: bool) -> tuple[int, int]:
+    norm = FrozenBatchNorm(BatchNormParams()) if batchnorm else NoNormalization(NoParams())
+    with torch.device("meta"):
+        blocks = VGG(name, VGGParams()).build((3, size, size), classes, norm)
+    return sum(p.numel() for b in blocks for p in b.parameters()), len(blocks)
+
+
+@pytest.mark.parametrize("name,layers", [("vgg5", 5), ("vgg7", 7), ("vgg10", 10), ("vgg15", 15)])
+@pytest.mark.parametrize("size,classes", [(32, 10), (64, 200)])
+@pytest.mark.parametrize("batchnorm", [False, True])
+def test_vgg_parameter_counts_match_the_layouts(name, layers, size, classes, batchnorm):
+    count, blocks = built_count(name, size, classes, batchnorm)
+    assert blocks == layers
+    assert count == hand_count(name, size, classes, batchnorm)
+
+
+def test_two_counts_written_out_in_full():
+    # VGG5, 32x32, 10 classes: 3584 + 295168 + 1180160 + 2359808 + (2048*10 + 10)
+    assert built_count("vgg5", 32, 10, False)[0] == 3_859_210
+    # VGG7 at 64x64 has a 5x5 map before the head: 512*25*200 + 200 head parameters
+    assert built_count("vgg7", 64, 200, False)[0] - built_count("vgg7", 32, 200, False)[0] == 512 * 24 * 200
+
+
+def test_output_shapes_and_the_wavefront_of_shapes():
+    norm = NoNormalization(NoParams())
+    blocks = VGG("vgg7", VGGParams(width=0.125)).build((3, 32, 32), 10, norm)
+    h = torch.zeros(2, 3, 32, 32)
+    shapes = []
+    for block in blocks:
+        h = block(h)
+        shapes.append(tuple(h.shape))
+    assert shapes == [(2, 16, 16, 16), (2, 16, 16, 16), (2, 32, 8, 8), (2, 32, 6, 6), (2, 64, 3, 3),
+                      (2, 64, 1, 1), (2, 10)]
+
+
+def test_width_scales_channels_and_the_hidden_linear_layer():
+    norm = NoNormalization(NoParams())
+    blocks = VGG("vgg15", VGGParams(width=0.25)).build((3, 64, 64), 200, norm)
+    assert blocks[0][0].out_channels == 16
+    assert blocks[-2][1].out_features == 1024 and blocks[-1].out_features == 200
+
+
+def test_vgg_rejects_flat_or_too_small_inputs():
+    norm = NoNormalization(NoParams())
+    with pytest.raises(ValueError, match="image inputs"):
+        VGG("vgg5", VGGParams()).build((64,), 10, norm)
+    with pytest.raises(ValueError, match="too small"):
+        VGG("vgg7", VGGParams()).build((3, 16, 16), 10, norm)
+
+
+def test_mlp_blocks_and_batchnorm_placement():
+    blocks = MLP(MLPParams(hidden=[7, 5], activation="relu")).build((2, 3), 4, FrozenBatchNorm(BatchNormParams()))
+    assert len(blocks) == 3
+    assert [type(m).__name__ for m in blocks[0]] == ["Flatten", "Linear", "FreezableBatchNorm1d", "ReLU"]
+    assert sum(p.numel() for b in blocks for p in b.parameters()) == (6 * 7 + 7 + 14) + (7 * 5 + 5 + 10) + (5 * 4 + 4)
