@@ -80,11 +80,18 @@ class FrozenBatchNorm(BatchNorm):
     layer_classes = {2: FreezableBatchNorm2d, 0: FreezableBatchNorm1d}
     pure_inference = True
 
+    def __init__(self, params: BatchNormParams):
+        super().__init__(params)
+        self._model: nn.Module | None = None
+        self._layers: list[_Freezable] = []
+
     def set_phase(self, model: nn.Module, phase: Phase) -> None:
+        if model is not self._model:  # found once per model: this runs three times per batch
+            self._model = model
+            self._layers = [m for m in model.modules() if isinstance(m, _Freezable)]
         update = phase == "learning"
-        for module in model.modules():
-            if isinstance(module, _Freezable):
-                module.update_stats = update
+        for layer in self._layers:
+            layer.update_stats = update
 
 
 @hookimpl
