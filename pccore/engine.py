@@ -78,7 +78,7 @@ class PCEngine:
         self.device, self.dtype = ref.device, ref.dtype
         self.table = table
         pi = table.inference.to(self.device, self.dtype)
-        # Row t weights the layers that the wavefront has reached: l >= L - t (columns L-t-1.. in 0-based).
+        # The wavefront: step t's energy holds the layers l >= L - t only.
         self._first_active = [max(1, self.L - t) for t in range(self.T)]
         self._pi = [list(row.unbind()) for row in pi]
         self._pi_learn = table.learning.to(self.device, self.dtype)
@@ -86,8 +86,9 @@ class PCEngine:
         self._buffers: list[torch.Tensor] = []
 
     def _step_lrs(self, t: int, lr: float, decay_last_lr: bool) -> list[float]:
-        """State learning rate of each latent layer 1..L-1 at step t; the option of the paper's appendix
-        decays the last hidden layer's rate as lr ** (t + 1) (lr at the first step)."""
+        """State learning rate of each latent layer 1..L-1 at step t. The paper's appendix decays the last
+        hidden layer's rate "as lr_x ** t"; with t counted from 0 that would be a rate of 1 at the first
+        step, so the step is counted from 1: lr ** (t + 1), i.e. lr at the first step."""
         rates = [lr] * (self.L - 1)
         if decay_last_lr and rates:
             rates[-1] = lr ** (t + 1)
