@@ -28,8 +28,9 @@ from typing import Any
 import attrs
 import torch
 
-from pccore.assemble import DTYPES, Assembly, assemble, resolve_device
+from pccore.assemble import Assembly, assemble, resolve_device
 from pccore.components import DataSpec
+from pccore.diagnose import first_batch
 from pccore.errors import PccoreError, UsageError
 from pccore.optim import make_optimizer
 
@@ -65,23 +66,6 @@ def backprop_recipe(recipe: Any, registry: Any) -> Any:
         precision=section("precision", "precision", "constant"),
         nudging=section("nudging", "nudging", "clamp"),
     )
-
-
-def bench_batch(
-    recipe: Any, registry: Any, device: torch.device
-) -> tuple[DataSpec, torch.Tensor, torch.Tensor]:
-    """One random training batch of `data.batch_size`, shaped like the recipe's dataset (nothing is read
-    from disk), on `device` in the recipe's dtype and memory format."""
-    from pccore.data import BatchFeeder, smoke_data
-
-    spec = registry.build("dataset", recipe.data.name, recipe.data.params).spec()
-    seed = recipe.run.seeds[0]
-    data = smoke_data(spec, 1, recipe.data.batch_size, seed)
-    channels_last = bool(recipe.run.channels_last)
-    feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device,
-                         dtype=DTYPES[recipe.run.dtype], channels_last=channels_last)
-    x, y = next(iter(feeder.epoch(seed, 0)))
-    return spec, x, y
 
 
 @attrs.define(eq=False)
@@ -270,7 +254,7 @@ def _worker(path: str, algorithm: str, steps: int) -> float:
     if algorithm == "bp":
         recipe = backprop_recipe(recipe, registry)
     device = torch.device("cpu")
-    spec, x, y = bench_batch(recipe, registry, device)
+    spec, x, y = first_batch(recipe, registry, device, smoke=True)
     _load_lazy_modules()
     before = _rss_now()
     _reset_rss_peak()
@@ -298,7 +282,7 @@ def run_bench(
     """Time `recipe` against its backprop copy and measure both peaks; the report `pccore bench --json`
     prints. `cpu_memory=False` skips the CPU memory workers (the peaks are then None off CUDA)."""
     check_counts(steps, warmup)
-    spec, x, y = bench_batch(recipe, registry, device)
+    spec, x, y = first_batch(recipe, registry, device, smoke=True)
     pc, bp = build_pair(recipe, spec, device, registry)
     timings = time_interleaved([pc, bp], x, y, steps, warmup, device)
     layers = pc.assembly.engine.L

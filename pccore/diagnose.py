@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from pccore.assemble import assemble, resolve_device
+from pccore.assemble import DTYPES, assemble, resolve_device
 from pccore.components import DataSpec, PrecisionTable
 
 
@@ -112,15 +112,17 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
     }
 
 
-def _first_batch(recipe, registry, device, smoke: bool):
+def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple[DataSpec, torch.Tensor, torch.Tensor]:
+    """The first training batch of `data.batch_size` (random data shaped like the dataset with `smoke`,
+    nothing read from disk), on `device` in the recipe's dtype and memory format."""
     from pccore.data import BatchFeeder, smoke_data
 
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
     spec = dataset.spec()
-    seed = recipe.run.seeds[0] if recipe.run.seeds else 0
+    seed = recipe.run.seeds[0]
     data = smoke_data(spec, 1, recipe.data.batch_size, seed) if smoke else dataset.load()
-    dtype = torch.float64 if recipe.run.dtype == "float64" else torch.float32
-    feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device, dtype=dtype)
+    feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device,
+                         dtype=DTYPES[recipe.run.dtype], channels_last=recipe.run.channels_last)
     x, y = next(iter(feeder.epoch(seed, 0)))
     return spec, x, y
 
@@ -128,8 +130,8 @@ def _first_batch(recipe, registry, device, smoke: bool):
 def diagnose_command(args) -> int:
     recipe, registry = _load(args)
     device = resolve_device(args.device or recipe.run.device)
-    spec, x, y = _first_batch(recipe, registry, device, args.smoke)
-    torch.manual_seed(recipe.run.seeds[0] if recipe.run.seeds else 0)
+    spec, x, y = first_batch(recipe, registry, device, smoke=args.smoke)
+    torch.manual_seed(recipe.run.seeds[0])
     assembly = assemble(recipe, spec, device, registry)
     report = diagnose_batch(assembly, x, y)
     if args.json:

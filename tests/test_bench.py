@@ -16,6 +16,7 @@ import torch
 
 from pccore import bench
 from pccore.cli import main
+from pccore.diagnose import first_batch
 from pccore.errors import PccoreError, UsageError
 from pccore.plugins import get_registry
 from pccore.recipe import load_recipe
@@ -154,7 +155,7 @@ def test_backprop_copy_same_weights_backprop_rule(recipe_path):
 
     registry = get_registry()
     recipe = load_recipe(recipe_path, ["run.dtype=float64"], registry)
-    spec, x, y = bench.bench_batch(recipe, registry, torch.device("cpu"))
+    spec, x, y = first_batch(recipe, registry, torch.device("cpu"), smoke=True)
     pc, bp = bench.build_pair(recipe, spec, torch.device("cpu"), registry)
     assert type(pc.assembly.engine.update) is ForwardUpdate
     assert type(bp.assembly.engine.update) is Backprop
@@ -184,7 +185,7 @@ def test_backprop_copy_same_weights_backprop_rule(recipe_path):
 def test_resident_bytes_counts_what_stays_between_steps(recipe_path):
     registry = get_registry()
     recipe = load_recipe(recipe_path, (), registry)
-    spec, x, y = bench.bench_batch(recipe, registry, torch.device("cpu"))
+    spec, x, y = first_batch(recipe, registry, torch.device("cpu"), smoke=True)
     pc, bp = bench.build_pair(recipe, spec, torch.device("cpu"), registry)
     assert pc.resident_bytes("cpu") == bp.resident_bytes("cpu") == 124 * 4
     pc.step(x, y)
@@ -202,7 +203,7 @@ def test_backprop_copy_keeps_frozen_batchnorm():
     registry = get_registry()
     overrides = ["model.width=0.0625", "data.size=16", "data.batch_size=4", "run.device=cpu"]
     recipe = load_recipe(BENCHMARKS / "recipes" / "synthetic.toml", overrides, registry)
-    spec, _, _ = bench.bench_batch(recipe, registry, torch.device("cpu"))
+    spec, _, _ = first_batch(recipe, registry, torch.device("cpu"), smoke=True)
     pc, bp = bench.build_pair(recipe, spec, torch.device("cpu"), registry)
     for trainer in (pc, bp):
         assert type(trainer.assembly.engine.norm) is FrozenBatchNorm
