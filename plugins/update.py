@@ -6,10 +6,20 @@ learning-phase precision row weights each layer (all ones unless the schedule as
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from pccore import Component, hookimpl
 from pccore.components import LearningBatch, NoParams
+
+
+def _weighted_layer_sum(b: LearningBatch, prediction: Callable[[int], torch.Tensor]) -> torch.Tensor:
+    """sum_l pi_l e_l(x^l_T, prediction(l)) / B over every layer l = 1..L."""
+    total = sum(
+        b.precision[l - 1] * b.layer_energy(l, b.states[l], prediction(l)) for l in range(1, len(b.blocks) + 1)
+    )
+    return total / b.batch_size
 
 
 class StandardUpdate:
@@ -22,11 +32,7 @@ class StandardUpdate:
         pass
 
     def loss(self, b: LearningBatch) -> torch.Tensor:
-        total = sum(
-            b.precision[l - 1] * b.layer_energy(l, b.states[l], block(b.states[l - 1]))
-            for l, block in enumerate(b.blocks, start=1)
-        )
-        return total / b.batch_size
+        return _weighted_layer_sum(b, lambda l: b.blocks[l - 1](b.states[l - 1]))
 
 
 class ForwardUpdate:
@@ -40,11 +46,7 @@ class ForwardUpdate:
         pass
 
     def loss(self, b: LearningBatch) -> torch.Tensor:
-        total = sum(
-            b.precision[l - 1] * b.layer_energy(l, b.states[l], b.initial[l])
-            for l in range(1, len(b.blocks) + 1)
-        )
-        return total / b.batch_size
+        return _weighted_layer_sum(b, lambda l: b.initial[l])
 
 
 class Backprop:
