@@ -78,7 +78,7 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
     trace = engine.infer(x, y, record=True)
-    loss = engine.learning_loss(x, y, trace)
+    loss = engine.learning_loss(trace)
     pc_grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
     model.load_state_dict(saved)
 

@@ -29,13 +29,14 @@ class StepOutput(NamedTuple):
 class InferenceTrace(NamedTuple):
     """What `PCEngine.infer` returns: states x^0..x^L after inference, the initial predictions mu_0 (index
     0 is the input), per-step energies [T, L] when recorded (zero below the wavefront), the energies of the
-    last step [L], and the update scale."""
+    last step [L], the update scale, and the one-hot target."""
 
     states: list[torch.Tensor]
     initial: list[torch.Tensor]
     energies: torch.Tensor | None
     final_energy: torch.Tensor | None
     scale: float
+    target: torch.Tensor
 
 
 class PCEngine:
@@ -144,7 +145,7 @@ class PCEngine:
         states = [x0, *latent, out_node]
         energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
         if not self.update.runs_inference or self.T == 0 or L == 1:
-            return InferenceTrace(states, initial, energies, None, scale)
+            return InferenceTrace(states, initial, energies, None, scale, target)
 
         buffers = self._momentum_buffers(latent)
         self.norm.set_phase(self.model, "inference")
@@ -158,7 +159,7 @@ class PCEngine:
         finally:
             for p in params:
                 p.requires_grad_(True)
-        return InferenceTrace(states, initial, energies, final, scale)
+        return InferenceTrace(states, initial, energies, final, scale, target)
 
     def _inference_steps(self, states, latent, initial, buffers, energies) -> torch.Tensor:
         """The T steps, updating `latent` in place; returns the energies [L] of the last step."""
@@ -229,7 +230,7 @@ class PCEngine:
 
     # --- training ------------------------------------------------------------------------------
 
-    def learning_loss(self, x0: torch.Tensor, y: torch.Tensor, trace: InferenceTrace) -> torch.Tensor:
+    def learning_loss(self, trace: InferenceTrace) -> torch.Tensor:
         """The update rule's loss (scaled by the nudging factor) for a finished inference trace."""
         if self.update.initial_graph == "none":
             self.norm.set_phase(self.model, "learning")
@@ -239,9 +240,9 @@ class PCEngine:
             states=states,
             initial=trace.initial,
             precision=self._pi_learn,
-            target=self.one_hot(y),
+            target=trace.target,
             layer_energy=self.layer_energy,
-            batch_size=x0.shape[0],
+            batch_size=states[0].shape[0],
         )
         with self._autocast():
             loss = self.update.loss(batch)
@@ -252,7 +253,7 @@ class PCEngine:
         if not self.model.training:
             self.model.train()
         trace = self.infer(x0, y)
-        loss = self.learning_loss(x0, y, trace)
+        loss = self.learning_loss(trace)
         for p in self.model.parameters():
             p.grad = None
         loss.backward()

@@ -113,7 +113,7 @@ def test_update_rule_gradients_equal_autograd_of_the_hand_written_energy(update)
     y = torch.randint(0, 2, (7,))
     reference = copy.deepcopy(blocks)
     trace = eng.infer(x0, y)
-    loss = eng.learning_loss(x0, y, trace)
+    loss = eng.learning_loss(trace)
     loss.backward()
     got = _weight_grads(blocks)
 
@@ -177,7 +177,7 @@ def test_batchnorm_freezing_updates_running_statistics_once_in_the_learning_phas
     states = [s.detach() for s in trace.states]
     with torch.no_grad():  # the learning phase's inputs to each BatchNorm: the linear layer of x^{l-1}_T
         pre = [blocks[0][1](blocks[0][0](states[0])), blocks[1][0](states[1])]
-    eng.learning_loss(x0, y, trace)
+    eng.learning_loss(trace)
     for bn, z in zip(bns, pre, strict=True):
         torch.testing.assert_close(bn.running_mean, 0.1 * z.mean(0), rtol=1e-12, atol=1e-14)
         torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * z.var(0, unbiased=True), rtol=1e-12, atol=1e-14)
