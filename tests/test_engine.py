@@ -7,7 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccore.components import NoParams
+from pccore.assemble import assemble
+from pccore.components import DataSpec, NoParams
+from pccore.recipe import recipe_from_dict
 from pccore_plugins.normalization import BatchNorm, BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Center, CenterParams, Nudge, NudgeParams
 from pccore_plugins.precision import Spiking, SpikingParams
@@ -17,16 +19,23 @@ from tests.engine_helpers import engine, table, tanh_mlp, unmasked_inference
 STD, FWD, BP = StandardUpdate(NoParams()), ForwardUpdate(NoParams()), Backprop(NoParams())
 
 
-def _hand_inference(W, b, x0, y, pi, lr, momentum, nesterov=True):
-    """States after inference for f_l = tanh(W_l x + b_l) (l < L), f_L linear, with the gradient of
-    E_t = sum_{l >= L-t} pi[t,l] 1/2 ||x^l - f_l(x^{l-1})||^2 written out by hand:
-    dE/dx^l = pi_l eps_l - pi_{l+1} ((eps_{l+1} * f'_{l+1}) W_{l+1})."""
+def _hand_forward(W, b, x0):
+    """x^0..x^L of the forward pass f_l = tanh(W_l x + b_l) (l < L), f_L linear."""
     L = len(W)
     mu = [x0]
     for l in range(L):
         z = mu[-1] @ W[l].T + b[l]
         mu.append(torch.tanh(z) if l < L - 1 else z)
-    x = [m.clone() for m in mu]
+    return mu
+
+
+def _hand_inference(W, b, x0, y, pi, lr, momentum, nesterov=True, last_hidden_rates=None):
+    """States after inference for f_l = tanh(W_l x + b_l) (l < L), f_L linear, with the gradient of
+    E_t = sum_{l >= L-t} pi[t,l] 1/2 ||x^l - f_l(x^{l-1})||^2 written out by hand:
+    dE/dx^l = pi_l eps_l - pi_{l+1} ((eps_{l+1} * f'_{l+1}) W_{l+1}). `y` is the output node x^L;
+    `last_hidden_rates[t]`, when given, is the rate of layer L-1 at step t (every other layer uses `lr`)."""
+    L = len(W)
+    x = [m.clone() for m in _hand_forward(W, b, x0)]
     x[L] = y
     bufs = [torch.zeros_like(v) for v in x]
     for t in range(pi.shape[0]):
@@ -43,7 +52,8 @@ def _hand_inference(W, b, x0, y, pi, lr, momentum, nesterov=True):
         for l in range(1, L):
             bufs[l] = momentum * bufs[l] + grads[l]
             step = grads[l] + momentum * bufs[l] if nesterov else bufs[l]
-            x[l] = x[l] - lr * step
+            rate = last_hidden_rates[t] if last_hidden_rates is not None and l == L - 1 else lr
+            x[l] = x[l] - rate * step
     return x
 
 
@@ -58,10 +68,82 @@ def test_inference_matches_the_hand_written_gradient(steps, momentum):
     W = [blk[0].weight.detach() for blk in blocks]
     b = [blk[0].bias.detach() for blk in blocks]
     target = F.one_hot(y, 2).double()
-    expected = _hand_inference(W, b, x0, target, torch.tensor(pi_rows), 0.2, momentum)
+    expected = _hand_inference(W, b, x0, target, torch.tensor(pi_rows, dtype=torch.float64), 0.2, momentum)
     for l in (1, 2):
-        torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-6)
+        torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-12)
     assert not torch.equal(trace.states[2], expected[2] * 0 + trace.initial[2])  # inference moved x^2
+
+
+def _weights(blocks):
+    """(W_l, b_l) of the linear layer of every block, detached."""
+    linear = [next(m for m in blk.modules() if isinstance(m, torch.nn.Linear)) for blk in blocks]
+    return [m.weight.detach().clone() for m in linear], [m.bias.detach().clone() for m in linear]
+
+
+PI_ROWS = [[0.7, 1.3, 2.0], [0.4, 1.7, 0.9], [1.1, 0.6, 1.5]]
+
+
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_momentum_buffers_start_at_zero_for_every_batch(nesterov):
+    """A second batch through the same engine (buffers of the same shapes, so reused) and a third of another
+    size (buffers remade) each move the states exactly as a first batch would: no momentum carries over."""
+    blocks = tanh_mlp([5, 4, 3, 2])
+    eng = engine(blocks, table(PI_ROWS), STD, lr=0.3, momentum=0.8, nesterov=nesterov, num_classes=2)
+    W, b = _weights(blocks)
+    pi = torch.tensor(PI_ROWS, dtype=torch.float64)
+    batches = [(6, [0, 1, 1, 0, 1, 0]), (6, [1, 1, 0, 0, 0, 1]), (4, [0, 0, 1, 1])]
+    for size, labels in batches:
+        x0 = torch.randn(size, 5, dtype=torch.float64)
+        y = torch.tensor(labels)
+        trace = eng.infer(x0, y)
+        expected = _hand_inference(W, b, x0, F.one_hot(y, 2).double(), pi, 0.3, 0.8, nesterov=nesterov)
+        for l in (1, 2):
+            torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4])
+@pytest.mark.parametrize("momentum", [0.0, 0.4])
+def test_decay_last_lr_gives_the_last_hidden_layer_the_rate_lr_to_the_power_t_plus_one(steps, momentum):
+    """With decay_last_lr the last hidden layer (l = L - 1) steps with lr, lr^2, lr^3, ... (the documented
+    reading of the appendix's lr_x ** t with t counted from 1); every other layer keeps lr. Each T pins the
+    rate of one more step."""
+    lr = 0.5
+    rates = [0.5, 0.25, 0.125, 0.0625][:steps]  # 0.5 ** (t + 1), written out
+    rows = [[0.7, 1.3, 2.0, 0.8], [0.4, 1.7, 0.9, 1.2], [1.1, 0.6, 1.5, 0.5], [0.3, 0.8, 1.2, 1.0]][:steps]
+    blocks = tanh_mlp([5, 4, 4, 3, 2])  # L = 4: layers 1, 2 keep lr, layer 3 decays
+    eng = engine(blocks, table(rows), STD, lr=lr, momentum=momentum, num_classes=2, decay_last_lr=True)
+    x0 = torch.randn(5, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    trace = eng.infer(x0, y)
+    W, b = _weights(blocks)
+    target, pi = F.one_hot(y, 2).double(), torch.tensor(rows, dtype=torch.float64)
+    expected = _hand_inference(W, b, x0, target, pi, lr, momentum, last_hidden_rates=rates)
+    for l in (1, 2, 3):
+        torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-12)
+    undecayed = _hand_inference(W, b, x0, target, pi, lr, momentum)
+    assert (trace.states[3] - undecayed[3]).abs().max() > 1e-4 or steps == 1  # the decay is visible
+    without = engine(blocks, table(rows), STD, lr=lr, momentum=momentum, num_classes=2).infer(x0, y)
+    torch.testing.assert_close(without.states[3], undecayed[3], rtol=0, atol=1e-12)
+
+
+def test_the_recipe_flag_decay_last_lr_reaches_the_engine():
+    """`inference.decay_last_lr = true` in a recipe gives an assembled engine whose inference is the hand
+    computation with the decaying rate of the last hidden layer."""
+    recipe = recipe_from_dict({
+        "run": {"dtype": "float64"},
+        "model": {"name": "mlp", "hidden": [4, 3], "activation": "tanh"},
+        "inference": {"steps": 3, "lr": 0.5, "momentum": 0.3, "decay_last_lr": True},
+    })
+    asm = assemble(recipe, DataSpec((5,), 2), torch.device("cpu"))
+    x0 = torch.randn(5, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1])
+    trace = asm.engine.infer(x0, y)
+    W, b = _weights(asm.blocks)
+    pi = torch.ones(3, 3, dtype=torch.float64)
+    expected = _hand_inference(W, b, x0, F.one_hot(y, 2).double(), pi, 0.5, 0.3,
+                               last_hidden_rates=[0.5, 0.25, 0.125])
+    for l in (1, 2):
+        torch.testing.assert_close(trace.states[l], expected[l], rtol=0, atol=1e-12)
 
 
 def test_first_step_touches_only_the_last_hidden_layer():
