@@ -336,6 +336,77 @@ def test_center_nudging_per_epoch_keeps_one_sign_for_the_epoch():
     assert signs == {0.3, -0.3}
 
 
+def _hand_weight_grads(W, b, states, x_init, learn, update, scale=1.0):
+    """Gradients [W_1, b_1, ..., W_L, b_L] of scale * sum_l learn_l 1/2 ||x^l_T - f_l(input)||^2 / B with
+    input x^{l-1}_T (standard) or x^{l-1}_0 (forward), by autograd of the energy written out by hand."""
+    L = len(W)
+    Wg = [w.clone().requires_grad_(True) for w in W]
+    bg = [v.clone().requires_grad_(True) for v in b]
+    energy = 0
+    for l in range(1, L + 1):
+        inp = states[l - 1] if update == "standard" else x_init[l - 1]
+        z = inp @ Wg[l - 1].T + bg[l - 1]
+        pred = torch.tanh(z) if l < L else z
+        energy = energy + learn[l - 1] * 0.5 * ((states[l] - pred) ** 2).sum()
+    total = scale * energy / states[0].shape[0]
+    total.backward()
+    return total.detach(), [g for w, v in zip(Wg, bg, strict=True) for g in (w.grad, v.grad)]
+
+
+LEARN = [0.5, 2.0, 1.5]
+
+
+def _nudged_step_against_the_hand_computation(nudging, update, node_of, scale):
+    """One batch through an engine with `nudging`, against the hand computation with the output node
+    `node_of(mu^L_0, y)` and the weight energy multiplied by `scale`."""
+    blocks = tanh_mlp([5, 4, 3, 2])
+    rule = STD if update == "standard" else FWD
+    eng = engine(blocks, table(PI_ROWS, LEARN), rule, lr=0.3, momentum=0.2, num_classes=2, nudging=nudging)
+    W, b = _weights(blocks)
+    x0 = torch.randn(6, 5, dtype=torch.float64)
+    y = torch.tensor([0, 1, 1, 0, 1, 0])
+    trace = eng.infer(x0, y)
+    loss = eng.learning_loss(trace)
+    loss.backward()
+
+    x_init = _hand_forward(W, b, x0)
+    node = node_of(x_init[3], F.one_hot(y, 2).double())
+    states = _hand_inference(W, b, x0, node, torch.tensor(PI_ROWS, dtype=torch.float64), 0.3, 0.2)
+    torch.testing.assert_close(trace.states[3], node, rtol=0, atol=1e-12)
+    for l in (1, 2):
+        torch.testing.assert_close(trace.states[l], states[l], rtol=0, atol=1e-12)
+    hand_loss, hand_grads = _hand_weight_grads(W, b, states, x_init, LEARN, update, scale)
+    torch.testing.assert_close(loss.detach(), hand_loss, rtol=1e-12, atol=0)
+    for got, expected in zip([p.grad for p in blocks.parameters()], hand_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("update", ["standard", "forward"])
+def test_nudge_inside_the_engine_starts_from_the_initial_prediction(update):
+    """x^L = mu^L_0 + beta (y - mu^L_0) with mu^L_0 the initial forward pass's output; inference and the
+    weight gradient then follow from that fixed node."""
+    _nudged_step_against_the_hand_computation(
+        Nudge(NudgeParams(beta=0.3)), update, lambda mu, y: mu + 0.3 * (y - mu), 1.0
+    )
+
+
+@pytest.mark.parametrize("scale_update", [True, False])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_center_nudging_inside_the_engine_scales_the_update_by_the_signed_beta(sign, scale_update):
+    """Center nudging with beta = 0.4 and the drawn sign s: x^L = mu^L_0 + s beta (y - mu^L_0); with
+    scale_update the weight gradient is divided by s beta, so its sign follows the drawn sign."""
+    center = Center(CenterParams(beta=0.4, resample="epoch", scale_update=scale_update))
+    epoch = 0
+    center.begin_epoch(0, epoch)
+    while center.sign != sign:
+        epoch += 1
+        center.begin_epoch(0, epoch)
+    signed = sign * 0.4
+    _nudged_step_against_the_hand_computation(
+        center, "forward", lambda mu, y: mu + signed * (y - mu), 1.0 / signed if scale_update else 1.0
+    )
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_float32_and_float64_steps_work_and_keep_the_dtype(dtype):
     blocks = tanh_mlp([5, 4, 3], dtype=dtype)
