@@ -298,6 +298,89 @@ def test_ordinary_batchnorm_updates_at_every_training_call_and_eval_uses_running
     torch.testing.assert_close(got, expected)
 
 
+def _hand_block_params(blocks):
+    """Per block, the tensors of the hand-written f_l: (W, b) of the linear layer and (gamma, beta) of
+    its BatchNorm when there is one, in `blocks.parameters()` order."""
+    params = []
+    for blk in blocks:
+        linear = next(m for m in blk.modules() if isinstance(m, torch.nn.Linear))
+        bn = [m for m in blk.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        tensors = [linear.weight, linear.bias] + ([bn[0].weight, bn[0].bias] if bn else [])
+        params.append([t.detach().clone() for t in tensors])
+    return params
+
+
+def _hand_f(l, L, x, p):
+    """f_l by hand: linear, BatchNorm with the batch's statistics (mean, biased variance, eps 1e-5) when
+    the block has one, tanh below the output."""
+    z = x.flatten(1) @ p[0].T + p[1]
+    if len(p) == 4:
+        z = (z - z.mean(0)) / torch.sqrt(z.var(0, unbiased=False) + 1e-5) * p[2] + p[3]
+    return torch.tanh(z) if l < L else z
+
+
+def _hand_e(l, L, x, pred, ce):
+    """e_l: 1/2 ||x - pred||^2, or -sum(y * log_softmax(mu)) at the output with a cross-entropy output."""
+    if ce and l == L:
+        return -(x * torch.log_softmax(pred, dim=-1)).sum()
+    return 0.5 * ((x - pred) ** 2).sum()
+
+
+@pytest.mark.parametrize("update", ["standard", "forward"])
+@pytest.mark.parametrize("norm_name,output_energy", [("frozen", "se"), ("frozen", "ce"), ("none", "ce")])
+def test_bn_freezing_and_cross_entropy_gradients_equal_autograd_of_the_hand_written_energy(
+    update, norm_name, output_energy
+):
+    """Inference (unmasked, torch.optim.SGD on the hand-written energy) and the weight gradient of
+    sum_l pi_l e_l(x^l_T, f_l(input)) / B, input x^{l-1}_T (standard) or x^{l-1}_0 (forward), with f_l
+    normalising by the batch's statistics under BatchNorm Freezing and e_L the cross-entropy for "ce"."""
+    from pccore_plugins.normalization import NoNormalization
+
+    norm = FrozenBatchNorm(BatchNormParams()) if norm_name == "frozen" else NoNormalization(NoParams())
+    blocks = _bn_mlp(norm)
+    rows = [[0.2, 0.5, 1.0], [0.3, 1.0, 0.4], [1.0, 0.6, 0.3], [0.7, 0.2, 0.9]]
+    learn = [0.5, 2.0, 1.5]
+    eng = engine(blocks, table(rows, learn), STD if update == "standard" else FWD, lr=0.3, momentum=0.2,
+                 norm=norm, num_classes=3, output_energy=output_energy)
+    P = _hand_block_params(blocks)
+    x0 = torch.randn(10, 4, dtype=torch.float64)
+    y = torch.tensor([0, 1, 2, 2, 1, 0, 0, 1, 2, 1])
+    trace = eng.infer(x0, y)
+    loss = eng.learning_loss(trace)
+    loss.backward()
+
+    L, ce = 3, output_energy == "ce"
+    with torch.no_grad():
+        x_init = [x0]
+        for l in range(1, L + 1):
+            x_init.append(_hand_f(l, L, x_init[-1], P[l - 1]))
+    latent = [x_init[l].clone().requires_grad_(True) for l in range(1, L)]
+    sgd = torch.optim.SGD(latent, lr=0.3, momentum=0.2, nesterov=True)
+    target = F.one_hot(y, 3).double()
+    for t in range(len(rows)):
+        states = [x0, *latent, target]
+        energy = sum(rows[t][l - 1] * _hand_e(l, L, states[l], _hand_f(l, L, states[l - 1], P[l - 1]), ce)
+                     for l in range(1, L + 1))
+        sgd.zero_grad()
+        energy.backward()
+        sgd.step()
+    states = [x0, *[x.detach() for x in latent], target]
+    for l in (1, 2):
+        torch.testing.assert_close(trace.states[l], states[l], rtol=0, atol=1e-12)
+
+    Pg = [[v.clone().requires_grad_(True) for v in p] for p in P]
+    inputs = states if update == "standard" else x_init
+    weight_energy = sum(learn[l - 1] * _hand_e(l, L, states[l], _hand_f(l, L, inputs[l - 1], Pg[l - 1]), ce)
+                        for l in range(1, L + 1)) / 10
+    weight_energy.backward()
+    torch.testing.assert_close(loss.detach(), weight_energy.detach(), rtol=1e-12, atol=0)
+    expected = [v.grad for p in Pg for v in p]
+    got = [p.grad for p in blocks.parameters()]
+    assert len(got) == len(expected) == (10 if norm_name == "frozen" else 6)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)
+
+
 def test_nudge_sets_the_output_node_between_prediction_and_target():
     mu = torch.tensor([[0.2, -1.0, 3.0]])
     y = torch.tensor([[0.0, 1.0, 0.0]])
