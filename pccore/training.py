@@ -46,7 +46,7 @@ from pccore.checkpoint import (
 )
 from pccore.data import BatchFeeder, smoke_data
 from pccore.errors import DivergenceError, UsageError
-from pccore.optim import WarmupCosine, make_optimizer
+from pccore.optim import END_FACTOR, WarmupCosine, make_optimizer
 from pccore.tensorboard import RunLogger
 
 SMOKE_BATCHES = 2
@@ -162,6 +162,9 @@ def train(
         plugins=sorted({f"{p.distribution} {p.version}".strip() for p in registry.plugins}),
     )
     print(f"run directory: {run_dir}", file=stream, flush=True)
+    note = schedule_note(recipe)
+    if note:
+        context.progress.note(note)
     results = []
     try:
         for seed in seeds:
@@ -192,6 +195,20 @@ def smoke_recipe(recipe: Any) -> Any:
     train_section = attrs.evolve(recipe.train, epochs=1, max_batches=SMOKE_BATCHES)
     model = attrs.evolve(recipe.model, params=_thin_params(recipe.model.params))
     return attrs.evolve(recipe, run=run, data=data, train=train_section, model=model)
+
+
+def schedule_note(recipe: Any) -> str | None:
+    """A note for runs longer than the learning-rate schedule, whose rate then stays at its minimum (the
+    paper's protocol: a 25-epoch schedule, up to 50 epochs), or None."""
+    epochs, schedule_epochs = int(recipe.train.epochs), int(recipe.optimizer.schedule_epochs)
+    if epochs <= schedule_epochs:
+        return None
+    return (
+        f"note: train.epochs = {epochs} is more than optimizer.schedule_epochs = {schedule_epochs}: the "
+        f"learning rate stays at its minimum ({END_FACTOR:g} * optimizer.lr = {END_FACTOR * recipe.optimizer.lr:g}) "
+        f"after epoch {schedule_epochs}; set optimizer.schedule_epochs = {epochs} to spread the schedule over "
+        "every epoch."
+    )
 
 
 def _thin_params(params: Any) -> Any:

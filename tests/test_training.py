@@ -254,6 +254,62 @@ def test_smoke_thins_the_architecture() -> None:
     assert training._thin_params(MLPParams(hidden=[128, 16])).hidden == [32, 16]
 
 
+# --- the learning-rate schedule as the loop drives it ---------------------------------------------
+
+
+def _warmup_cosine(step: int, lr: float, total: int, warmup: int) -> float:
+    """METHOD.md step 5, written out: lr rising linearly to 1.1 lr over `warmup` steps, a half cosine down
+    to 0.1 lr at step `total`, then 0.1 lr."""
+    if step < warmup:
+        return lr * (1.0 + 0.1 * step / warmup)
+    if step >= total:
+        return 0.1 * lr
+    return 0.1 * lr + 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
+
+
+def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A real run of 4 epochs x 5 batches with a 3-epoch schedule (15 steps, 20% = 3 of warmup): the rate
+    each AdamW step actually used, against the formula; the first step uses the warmup's first rate (lr)."""
+    used: list[float] = []
+    real = training.make_optimizer
+
+    def recording(params, section):
+        optimizer = real(params, section)
+        step = optimizer.step
+
+        def recorded_step(*args, **kwargs):
+            used.append(optimizer.param_groups[0]["lr"])
+            return step(*args, **kwargs)
+
+        optimizer.step = recorded_step
+        return optimizer
+
+    monkeypatch.setattr(training, "make_optimizer", recording)
+    lr = 1e-2
+    recipe = write_recipe(tmp_path, epochs=4, max_batches=5, every=5, tensorboard=False, log_checkpoints=False,
+                          optimizer={"lr": lr, "weight_decay": 1e-4, "warmup": 0.2, "schedule_epochs": 3})
+    assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 0
+    assert len(used) == 20
+    assert used == pytest.approx([_warmup_cosine(s, lr, 15, 3) for s in range(20)], rel=1e-12, abs=0)
+    assert used[:4] == pytest.approx([1e-2, 1.0333333333333333e-2, 1.0666666666666667e-2, 1.1e-2], rel=1e-12)
+    assert used[9] == pytest.approx(0.1 * lr + 0.5 * lr, rel=1e-12)  # halfway through the 12 cosine steps
+    assert used[15:] == [pytest.approx(1e-3, rel=1e-12)] * 5  # the minimum after the schedule's 15 steps
+    lines = capsys.readouterr().out.splitlines()
+    note = (
+        "note: train.epochs = 4 is more than optimizer.schedule_epochs = 3: the learning rate stays at its "
+        "minimum (0.1 * optimizer.lr = 0.001) after epoch 3; set optimizer.schedule_epochs = 4 to spread the "
+        "schedule over every epoch."
+    )
+    assert lines[:2] == [f"run directory: {tmp_path / 'o'}", note]
+    assert lines.count(note) == 1
+
+
+def test_no_schedule_note_when_the_schedule_covers_every_epoch(tmp_path: Path, capsys) -> None:
+    recipe = write_recipe(tmp_path, epochs=3, max_batches=1, tensorboard=False, log_checkpoints=False)
+    assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 0
+    assert "schedule_epochs" not in capsys.readouterr().out
+
+
 # --- early stopping ------------------------------------------------------------------------------
 
 
