@@ -156,6 +156,43 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch, c
     assert [h["epoch"] for h in resumed["seeds"][0]["history"]] == [1, 2, 3]
 
 
+def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> None:
+    """Training that draws from the global generators (torch, numpy, Python: a plugin with dropout or
+    random augmentation would) draws, after a resume, exactly the numbers an uninterrupted run draws at
+    that point; without the restore they would repeat the first epoch's."""
+    draws: list[tuple[float, float, float]] = []
+    real_assemble = training.assemble
+
+    def assemble(*args, **kwargs):
+        asm = real_assemble(*args, **kwargs)
+        step = asm.engine.train_step
+
+        def drawing_step(x, y):
+            draws.append((torch.rand(()).item(), float(np.random.rand()), random.random()))
+            return step(x, y)
+
+        asm.engine.train_step = drawing_step
+        return asm
+
+    monkeypatch.setattr(training, "assemble", assemble)
+    recipe = write_recipe(tmp_path, epochs=3, max_batches=2, tensorboard=False)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
+    whole = list(draws)
+    assert len(whole) == 6
+    for generator in range(3):  # every generator moves from batch to batch
+        assert len({d[generator] for d in whole}) == 6
+
+    draws.clear()
+    _interrupt(monkeypatch, seed=0, epoch=1)
+    cut = tmp_path / "cut"
+    assert main(["run", str(recipe), "--out", str(cut)]) == 130
+    assert draws == whole[:3]  # two batches of epoch 1, one of epoch 2, then the interruption
+    draws.clear()
+    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    assert main(["run", "--resume", str(cut)]) == 0
+    assert draws == whole[2:]  # epochs 2 and 3 again, from the generator states saved after epoch 1
+
+
 def test_resume_skips_finished_seeds(tmp_path: Path, monkeypatch, capsys) -> None:
     recipe = write_recipe(tmp_path, seeds=[0, 1], epochs=2, max_batches=2, tensorboard=False)
     out = tmp_path / "run"
