@@ -46,6 +46,9 @@ else:
 REPO = Path(__file__).resolve().parents[1]
 
 # --- a fake registry -----------------------------------------------------------------------------
+# Its parameter classes exercise the recipe machinery (types, nesting, validators, extreme values); their
+# rules need not match the built-in plugins'. The messages of the built-in rules are tested against the
+# real registry in test_recipe_errors.py.
 
 
 @attrs.frozen

@@ -1,5 +1,9 @@
 """Every way a recipe can be wrong, through the real command line (`pccore.cli.main`): exit status 2,
-one line on stderr naming the file, the key path and what was expected, and no traceback."""
+one line on stderr naming the file, the key path and what was expected, and no traceback.
+
+The recipe machinery's errors use the fake registry of test_recipe.py; the errors of the built-in
+components' own parameter rules (the messages users see) use the real registry, `builtin_registry`.
+"""
 
 from __future__ import annotations
 
@@ -15,11 +19,19 @@ from pccore.errors import PluginError, RecipeError
 from pccore.recipe import load_recipe, recipe_from_dict
 from tests.test_recipe import FAKE, FAKE_TABLE, FakeRegistry, write
 
+_BUILTIN_REGISTRY = recipe_module._default_registry
+
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     """The CLI takes no registry argument: make it use the fake one."""
     monkeypatch.setattr(recipe_module, "_default_registry", lambda: FAKE)
+
+
+@pytest.fixture
+def builtin_registry(monkeypatch):
+    """The real registry, with the built-in plugins, instead of the fake one."""
+    monkeypatch.setattr(recipe_module, "_default_registry", _BUILTIN_REGISTRY)
 
 
 def fail(capsys, *argv: str | Path) -> str:
@@ -197,14 +209,46 @@ def test_out_of_range(tmp_path, capsys, text, expected):
     assert message == f"{path}: {expected}"
 
 
-def test_component_params_validator_reports_the_key_path(tmp_path, capsys):
-    message, path = check_file(tmp_path, capsys, '[precision]\nname = "spiking"\nbase = -1\n')
-    assert message == f"{path}: precision.base: 'base' must be >= 0: -1.0"
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ('[nudging]\nname = "nudge"\nbeta = 0\n', "nudging.beta: 'beta' must be > 0: 0.0"),
+        ('[nudging]\nname = "nudge"\nbeta = 1.5\n', "nudging.beta: 'beta' must be <= 1: 1.5"),
+        ('[nudging]\nname = "center"\nbeta = -0.1\n', "nudging.beta: 'beta' must be > 0: -0.1"),
+        ('[nudging]\nname = "center"\nresample = "step"\n',
+         'nudging.resample: expected one of "batch", "epoch", got "step"'),
+        ('[precision]\nname = "decaying"\nk = -1\n', "precision.k: 'k' must be >= 0: -1.0"),
+        ('[precision]\nname = "decaying"\nvariant = "pcx"\n',
+         'precision.variant: expected one of "paper", "reference", got "pcx"'),
+        ('[precision]\nname = "spiking"\nbase = 0\n', "precision.base: 'base' must be > 0: 0.0"),
+        ('[precision]\nname = "spiking"\nbase = -1\n', "precision.base: 'base' must be > 0: -1.0"),
+        ('[precision]\nname = "spiking"\npeak = 0\n', "precision.peak: 'peak' must be > 0: 0.0"),
+        ('[normalization]\nname = "frozen"\nmomentum = 0\n', "normalization.momentum: 'momentum' must be > 0: 0.0"),
+        ('[normalization]\nname = "batchnorm"\nmomentum = 1.5\n',
+         "normalization.momentum: 'momentum' must be <= 1: 1.5"),
+        ('[normalization]\nname = "frozen"\neps = 0\n', "normalization.eps: 'eps' must be > 0: 0.0"),
+        ('[model]\nname = "vgg5"\nwidth = 0\n', "model.width: 'width' must be > 0: 0.0"),
+        ('[model]\nname = "mlp"\nhidden = [0, 4]\n',
+         "model.hidden: every hidden width must be at least 1 (got [0, 4])"),
+    ],
+)
+def test_builtin_component_rules_give_these_messages(tmp_path, capsys, builtin_registry, text, expected):
+    """The built-in plugins' own validators through the real registry: the exact messages users see."""
+    message, path = check_file(tmp_path, capsys, text)
+    assert message == f"{path}: {expected}"
 
 
-def test_custom_validator_message_shows_the_value(tmp_path, capsys):
-    message, path = check_file(tmp_path, capsys, "[model]\nhidden = [0, 4]\n")
-    assert message == f"{path}: model.hidden: every width must be at least 1 (got [0, 4])"
+def test_builtin_component_rules_stop_a_run_before_anything_is_written(tmp_path, capsys, builtin_registry):
+    text = '[precision]\nname = "spiking"\nbase = 0\n[train]\nepochs = 1\nmax_batches = 1\n'
+    path = write(tmp_path, "bad.toml", text)
+    assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err == f"pccore: error: {path}: precision.base: 'base' must be > 0: 0.0\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_builtin_component_rules_apply_to_set_overrides(tmp_path, capsys, builtin_registry):
+    message, _ = check_file(tmp_path, capsys, '[nudging]\nname = "nudge"\n', "nudging.beta=2")
+    assert message == "--set nudging.beta=2: nudging.beta: 'beta' must be <= 1: 2.0"
 
 
 @attrs.frozen
