@@ -50,9 +50,9 @@ def test_specs_need_no_disk(tmp_path):
 
 
 def test_params_reject_bad_values():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^'test_fraction' must be < 1.0: 1.0$"):
         ds.DigitsParams(test_fraction=1.0)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^'classes' must be > 0: 0$"):
         ds.SyntheticParams(classes=0)
 
 
@@ -355,7 +355,7 @@ def test_tiny_imagenet_decodes_then_loads_from_cache(tmp_path):
     (folder / "wnids.txt").unlink()
     third = ds.TinyImageNet(ds.TinyImageNetParams(root=str(tmp_path), download=False, augment=False)).load()
     assert torch.equal(third.test_images, first.test_images) and third.augmentation == Augmentation()
-    with pytest.raises(DatasetUnavailable):
+    with pytest.raises(DatasetUnavailable, match=r"^Tiny ImageNet is not available: .*found no .*wnids\.txt"):
         ds.TinyImageNet(ds.TinyImageNetParams(root=str(tmp_path), download=False, cache=False)).load()
 
 

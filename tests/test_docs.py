@@ -113,7 +113,7 @@ def test_guide_example_plugin_works():
     table = registry.build("precision", "flat", module.FlatParams(value=0.5)).table(layers=3, steps=4)
     assert torch.equal(table.inference, torch.full((4, 3), 0.5, dtype=torch.float64))
     assert torch.equal(table.learning, torch.ones(3, dtype=torch.float64))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"^'value' must be > 0: 0.0$"):
         module.FlatParams(value=0.0)
 
 

@@ -182,8 +182,9 @@ def test_strict_loading_raises_for_a_broken_plugin(fake, monkeypatch):
     with pytest.raises(PluginError) as err:
         load_registry()
     assert str(err.value) == expected
-    with pytest.raises(PluginError):
+    with pytest.raises(PluginError) as err:
         get_registry()
+    assert str(err.value) == expected
 
 
 def test_strict_plugins_flag_on_the_command_line(fake, capsys, monkeypatch):
