@@ -8,6 +8,7 @@ Expected values are written out here from METHOD.md, not read back from the reci
 from __future__ import annotations
 
 import json
+import math
 import re
 from itertools import product
 from pathlib import Path
@@ -235,12 +236,28 @@ def test_the_quickstarts_share_one_model_and_differ_in_the_algorithm() -> None:
 
 @pytest.mark.parametrize("name", PAPER + QUICKSTARTS)
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
+    """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"
     assert main(["run", str(_path(name)), "--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["recipe.toml", "run.json", "seed_0", "summary.json"]
+    seed_files = sorted(p.name for p in (out / "seed_0").iterdir())
+    events = [f for f in seed_files if f.startswith("events.out.tfevents.")]
+    assert len(events) == 1
+    assert sorted(set(seed_files) - set(events)) == ["best.pt", "checkpoint.pt", "summary.json"]
+    assert json.loads((out / "run.json").read_text())["smoke"] is True
+    saved = load_recipe(out / "recipe.toml")
+    assert saved.model.params.width == 0.0625  # every shipped recipe is wider: the smoke cap applies
+    assert (saved.data.batch_size, saved.train.epochs, saved.train.max_batches) == (8, 1, 2)
+
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["seed"] for s in summary["seeds"]] == [0]
-    assert summary["seeds"][0]["epochs"] == 1
+    seed = json.loads((out / "seed_0" / "summary.json").read_text())
+    assert summary["seeds"] == [seed]
+    assert seed["seed"] == 0 and seed["epochs"] == 1
+    loss = seed["history"][0]["loss"]
+    assert math.isfinite(loss) and loss > 0.0
+    # the smoke test split has 2 x 8 = 16 images: top-1 is a multiple of 1/16 in [0, 1]
     assert 0.0 <= summary["top1_mean"] <= 1.0
+    assert summary["top1_mean"] * 16 == round(summary["top1_mean"] * 16)
 
 
 def test_the_quickstart_reaches_96_percent_on_the_cpu(tmp_path: Path) -> None:

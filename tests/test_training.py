@@ -452,7 +452,8 @@ def test_missing_dataset_stops_before_training(tmp_path: Path, capsys) -> None:
 
 
 def test_smoke_run_uses_random_data_and_a_thin_model(tmp_path: Path, capsys) -> None:
-    recipe = write_recipe(tmp_path, seeds=[3, 4], epochs=20, max_batches=0, data_batch_size=64)
+    recipe = write_recipe(tmp_path, seeds=[3, 4], epochs=20, max_batches=0, data_batch_size=64,
+                          model_hidden=[100, 20])
     assert _run([str(recipe), "--smoke"]) == 0
     run_dir = tmp_path / "runs" / "smoke" / "tiny" / "version_0"
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -464,8 +465,12 @@ def test_smoke_run_uses_random_data_and_a_thin_model(tmp_path: Path, capsys) -> 
     saved = load_recipe(run_dir / "recipe.toml")
     assert saved.data.batch_size == 8
     assert saved.train.max_batches == 2
-    assert saved.model.params.hidden == [32]
+    assert saved.model.params.hidden == [32, 20]  # 100 is capped at 32, 20 is under the cap
+    assert saved.data.eval_batch_size == 8
+    assert saved.train.epochs == 1
     assert saved.run.seeds == [3]
+    best = load_checkpoint(run_dir / "seed_3" / "best.pt")["model"]
+    assert [tuple(v.shape) for k, v in best.items() if k.endswith("weight")] == [(32, 64), (20, 32), (10, 20)]
 
 
 def test_cuda_without_cuda_is_a_usage_error(tmp_path: Path, capsys) -> None:
