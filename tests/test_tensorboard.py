@@ -80,7 +80,29 @@ def test_precision_markdown_lists_every_value() -> None:
     ]
 
 
-def test_run_writes_scalars_image_text_and_hparams(tmp_path: Path) -> None:
+def _record_steps(monkeypatch) -> list[tuple[float, list[float]]]:
+    """(loss, per-layer energies) of every training step the engine returns, in order."""
+    steps: list[tuple[float, list[float]]] = []
+    real_assemble = training.assemble
+
+    def assemble(*args, **kwargs):
+        asm = real_assemble(*args, **kwargs)
+        train_step = asm.engine.train_step
+
+        def recording(x, y):
+            out = train_step(x, y)
+            steps.append((float(out.loss), out.energy.tolist()))
+            return out
+
+        asm.engine.train_step = recording
+        return asm
+
+    monkeypatch.setattr(training, "assemble", assemble)
+    return steps
+
+
+def test_run_writes_scalars_image_text_and_hparams(tmp_path: Path, monkeypatch) -> None:
+    steps = _record_steps(monkeypatch)
     recipe = write_recipe(tmp_path, epochs=2, max_batches=3, every=1)
     out = tmp_path / "o"
     assert main(["run", str(recipe), "--out", str(out)]) == 0
@@ -100,8 +122,15 @@ def test_run_writes_scalars_image_text_and_hparams(tmp_path: Path) -> None:
         assert [e.value for e in points] == pytest.approx([h[key] for h in summary["history"]], rel=1e-6)
     # the MLP has two blocks: two energy tags, one point per epoch
     assert sorted(t for t in scalars if t.startswith("energy/")) == ["energy/layer_01", "energy/layer_02"]
-    assert len(acc.Scalars("energy/layer_02")) == 2
-    assert all(e.value > 0 for e in acc.Scalars("energy/layer_02"))
+    # each log point's loss is its batch's loss; each epoch's energy the mean of its 3 batches' energies
+    assert len(steps) == 6
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx([s[0] for s in steps], rel=1e-6)
+    for layer in (1, 2):
+        points = acc.Scalars(f"energy/layer_0{layer}")
+        assert [e.step for e in points] == [3, 6]
+        means = [sum(s[1][layer - 1] for s in steps[3 * e : 3 * e + 3]) / 3 for e in (0, 1)]
+        assert [e.value for e in points] == pytest.approx(means, rel=1e-6)
+        assert all(m > 0 for m in means)
     # the logged rate is the warmup-cosine rate of the next step: 3 epochs x 3 batches, 1 warmup step
     lr = 3e-3
     assert acc.Scalars("lr")[0].value == pytest.approx(1.1 * lr, rel=1e-6)
