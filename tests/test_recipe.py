@@ -17,11 +17,12 @@ from typing import Literal
 import attrs
 import pytest
 
-import pccore.recipe as recipe_module
+import pccore.plugins
 from pccore.cli import main
 from pccore.components import Component, NoParams
 from pccore.errors import UsageError
 from pccore.recipe import (
+    COMPONENT_KINDS,
     ComponentSection,
     DataSection,
     InferenceSection,
@@ -401,10 +402,78 @@ def test_set_may_name_a_param_of_a_component_chosen_in_the_same_command(tmp_path
         assert load_recipe(path, order, registry=FAKE).precision.params == SpikeParams(peak=3.0)
 
 
-def test_set_naming_another_component_drops_the_files_params(tmp_path):
+def test_set_naming_another_component_drops_the_params_it_lacks(tmp_path, capsys):
     path = write(tmp_path, "r.toml", '[precision]\nname = "spiking"\npeak = 2.0\n')
     recipe = load_recipe(path, ["precision.name=decaying", "precision.k=2.0"], registry=FAKE)
     assert recipe.precision == ComponentSection("decaying", DecayParams(k=2.0))
+    assert capsys.readouterr().err == (
+        'pccore: note: --set precision.name=decaying drops precision.peak (not a parameter of precision '
+        '"decaying")\n'
+    )
+
+
+@attrs.frozen
+class FirstParams:
+    shared: int = 1
+    only_first: int = 2
+    gone: str = "x"
+
+
+@attrs.frozen
+class SecondParams:
+    shared: int = 1
+    only_second: int = 3
+
+
+SWAP = FakeRegistry(
+    {kind: [*FAKE_TABLE[kind], _make("first", FirstParams), _make("second", SecondParams)] for kind in FAKE_TABLE}
+)
+"""FAKE plus, in every kind, two components that share one parameter."""
+
+
+@pytest.mark.parametrize("section", list(COMPONENT_KINDS))
+def test_set_renaming_keeps_the_shared_params_in_every_component_section(tmp_path, capsys, section):
+    text = f'[{section}]\nname = "first"\nshared = 5\nonly_first = 6\ngone = "y"\n'
+    if section == "data":
+        text += "batch_size = 7\n"
+    path = write(tmp_path, "r.toml", text)
+    recipe = load_recipe(path, [f"{section}.name=second"], registry=SWAP)
+    assert getattr(recipe, section).params == SecondParams(shared=5, only_second=3)
+    assert getattr(recipe, section).name == "second"
+    if section == "data":
+        assert recipe.data.batch_size == 7
+    kind = COMPONENT_KINDS[section]
+    assert capsys.readouterr().err == (
+        f"pccore: note: --set {section}.name=second drops {section}.only_first, {section}.gone "
+        f'(not parameters of {kind} "second")\n'
+    )
+
+
+@attrs.frozen
+class WideParams:
+    width: int = 2
+    activation: Literal["gelu", "relu"] = "gelu"
+
+
+def test_set_renaming_keeps_a_shared_param_and_checks_it_against_the_new_component(tmp_path):
+    wide = FakeRegistry({**FAKE_TABLE, "architecture": [*FAKE_TABLE["architecture"], _make("wide", WideParams)]})
+    path = write(tmp_path, "r.toml", '[model]\nname = "conv"\nwidth = 0.5\nactivation = "relu"\n')
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["model.name=wide"], registry=wide)
+    assert str(caught.value) == f"{path}: model.width: expected an integer, got 0.5"
+    recipe = load_recipe(path, ["model.name=wide", "model.width=3"], registry=wide)
+    assert recipe.model.params == WideParams(width=3, activation="relu")
+
+
+def test_set_renaming_to_the_same_component_or_an_unknown_one_drops_nothing_silently(tmp_path, capsys):
+    path = write(tmp_path, "r.toml", '[precision]\nname = "spiking"\npeak = 2.0\n')
+    recipe = load_recipe(path, ["precision.name=spiking"], registry=FAKE)
+    assert recipe.precision.params == SpikeParams(peak=2.0)
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["precision.name=spikin"], registry=FAKE)
+    assert str(caught.value).startswith("--set precision.name=spikin: precision.name: unknown precision 'spikin'")
+    assert "peak" not in str(caught.value)
+    assert capsys.readouterr().err == ""
 
 
 def test_set_applies_after_extends(tmp_path):
@@ -442,14 +511,14 @@ def test_recipe_to_toml_writes_the_expected_text():
         registry=FAKE,
     )
     text = recipe_to_toml(recipe)
-    assert '[run]\nname = "say \\"hi\\"\\\\"\nseeds = [0, 1]\ndevice = "auto"\n' in text
+    assert '[run]\nname = "say \\"hi\\"\\\\"\nseeds = [\n    0,\n    1,\n]\ndevice = "auto"\n' in text
     assert '[precision]\nname = "spiking"\npeak = 1e-05\nbase = inf\nlearning = "ones"\n' in text
     assert (
-        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\\there"\n'
-        "download = false\ncrop = { padding = 2, flip = false }\nmean = [0.5]\n"
+        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\there"\n'
+        "download = false\nmean = [\n    0.5,\n]\n\n[data.crop]\npadding = 2\nflip = false\n\n[model]\n"
     ) in text
     assert "\nlr = 1e+16\n" in text
-    assert '\n\n[model]\nname = "mlp"\noutput_energy = "se"\nhidden = [16]\nactivation = "tanh"\n\n' in text
+    assert '\n\n[model]\nname = "mlp"\noutput_energy = "se"\nhidden = [\n    16,\n]\nactivation = "tanh"\n\n' in text
     assert text.endswith("[log]\ntensorboard = true\nevery = 50\ncheckpoints = true\n")
 
 
@@ -577,7 +646,7 @@ def test_table_path_and_enum_params():
     }
     assert as_dict["update"] == {"name": "forward", "mode": "slow"}
     text = recipe_to_toml(recipe)
-    assert '\nweights = { a = 1.0, "b c" = 0.5 }\ncache = "some/where"\n' in text
+    assert '\ncache = "some/where"\n\n[data.weights]\na = 1.0\n"b c" = 0.5\n\n[model]\n' in text
     assert flatten_recipe(recipe)["data/weights/b c"] == 0.5
 
 
@@ -638,7 +707,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
 @pytest.fixture
 def fake_registry(monkeypatch):
     """Make the CLI (which takes no registry argument) use FAKE."""
-    monkeypatch.setattr(recipe_module, "_default_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
     return FAKE
 
 
@@ -712,6 +781,20 @@ def test_builtin_precision_can_be_switched_with_set(tmp_path):
     assert recipe.precision.name == "decaying"
     assert (recipe.precision.params.k, recipe.precision.params.variant) == (1.5, "reference")
     assert recipe.precision.params.learning == "ones"
+
+
+def test_builtin_model_switched_with_set_keeps_width_and_activation(capsys):
+    quickstart = REPO / "recipes" / "quickstart.toml"
+    assert main(["recipe", "show", str(quickstart), "--set", "model.name=vgg10"]) == 0
+    out, err = capsys.readouterr()
+    model = tomllib.loads(out)["model"]
+    assert model == {"name": "vgg10", "output_energy": "se", "activation": "gelu", "width": 0.125}
+    assert err == ""
+    assert main(["recipe", "show", str(quickstart), "--set", "model.name=mlp"]) == 0
+    out, err = capsys.readouterr()
+    model = tomllib.loads(out)["model"]
+    assert model == {"name": "mlp", "output_energy": "se", "hidden": [128, 128], "activation": "gelu"}
+    assert err == 'pccore: note: --set model.name=mlp drops model.width (not a parameter of architecture "mlp")\n'
 
 
 def test_builtin_mlp_hidden_is_a_list_of_ints(tmp_path):

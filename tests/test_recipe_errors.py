@@ -8,7 +8,7 @@ from pathlib import Path
 import attrs
 import pytest
 
-import pccore.recipe as recipe_module
+import pccore.plugins
 from pccore.cli import main
 from pccore.components import Component
 from pccore.errors import PluginError, RecipeError
@@ -19,7 +19,7 @@ from tests.test_recipe import FAKE, FAKE_TABLE, FakeRegistry, write
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     """The CLI takes no registry argument: make it use the fake one."""
-    monkeypatch.setattr(recipe_module, "_default_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
 
 
 def fail(capsys, *argv: str | Path) -> str:
