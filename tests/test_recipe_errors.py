@@ -167,6 +167,10 @@ def test_missing_required_param(tmp_path, capsys):
 # --- out of range --------------------------------------------------------------------------------
 
 
+SEEDS = "a non-empty list of distinct seeds >= 0 (each seed gets its own folder)"
+FOLDER_NAME = 'a folder name (no "/" or "\\", not "." or "..")'
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -186,13 +190,48 @@ def test_missing_required_param(tmp_path, capsys):
         ("[train]\npatience = 0\n", "train.patience: expected an integer >= 1, got 0"),
         ("[train]\nmax_batches = -1\n", "train.max_batches: expected an integer >= 0, got -1"),
         ("[log]\nevery = 0\n", "log.every: expected an integer >= 1, got 0"),
-        ("[run]\nseeds = []\n", "run.seeds: expected a non-empty list of seeds >= 0, got []"),
-        ("[run]\nseeds = [1, -2]\n", "run.seeds: expected a non-empty list of seeds >= 0, got [1, -2]"),
+        ("[run]\nseeds = []\n", f"run.seeds: expected {SEEDS}, got []"),
+        ("[run]\nseeds = [1, -2]\n", f"run.seeds: expected {SEEDS}, got [1, -2]"),
+        ("[run]\nseeds = [1, 2, 1]\n", f"run.seeds: expected {SEEDS}, got [1, 2, 1]"),
+        ('[run]\nname = "../elsewhere"\n', f'run.name: expected {FOLDER_NAME}, got "../elsewhere"'),
+        ('[run]\nname = ".."\n', f'run.name: expected {FOLDER_NAME}, got ".."'),
+        ('[run]\nname = "a\\\\b"\n', f'run.name: expected {FOLDER_NAME}, got "a\\\\b"'),
         ('[run]\ndevice = "gpu"\n', 'run.device: expected "auto", "cpu", "cuda" or "cuda:N", got "gpu"'),
-        ("[inference]\nlr = nan\n", "inference.lr: expected a number > 0, got nan"),
     ],
 )
 def test_out_of_range(tmp_path, capsys, text, expected):
+    message, path = check_file(tmp_path, capsys, text)
+    assert message == f"{path}: {expected}"
+
+
+INT_LIMIT = (
+    "an integer between -2147483647 and 2147483647 (2**31-1, the largest size or count torch indexes tensors with)"
+)
+FLOAT_LIMIT = "a number of magnitude at most 3.402823e+38 (the largest float32)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[inference]\nlr = nan\n", "inference.lr: expected a finite number, got nan"),
+        ("[optimizer]\nweight_decay = inf\n", "optimizer.weight_decay: expected a finite number, got inf"),
+        ('[precision]\nname = "spiking"\npeak = -inf\n', "precision.peak: expected a finite number, got -inf"),
+        ("[data]\nmean = [0.5, nan]\n", "data.mean[1]: expected a finite number, got nan"),
+        ('[data]\nname = "noise"\nweights = { a = 1.0, b = inf }\n',
+         "data.weights.b: expected a finite number, got inf"),
+        ("[inference]\nlr = 1e39\n", f"inference.lr: expected {FLOAT_LIMIT}, got 1e+39"),
+        ('[precision]\nname = "decaying"\nk = -3.5e38\n', f"precision.k: expected {FLOAT_LIMIT}, got -3.5e+38"),
+        ("[train]\nepochs = 2147483648\n", f"train.epochs: expected {INT_LIMIT}, got 2147483648"),
+        ("[run]\nseeds = [0, 99999999999]\n", f"run.seeds[1]: expected {INT_LIMIT}, got 99999999999"),
+        ('[update]\nname = "leveled"\nlevel = -2147483648\n', f"update.level: expected {INT_LIMIT}, got -2147483648"),
+        ('[data]\ncrop = { padding = 9223372036854775807 }\n',
+         f"data.crop.padding: expected {INT_LIMIT}, got 9223372036854775807"),
+        ('[run]\nout_dir = "a\\u0000b"\n', 'run.out_dir: expected a string without NUL characters, got "a\\u0000b"'),
+        ('[data]\nname = "noise"\ncache = "\\u0000"\n',
+         'data.cache: expected a string without NUL characters, got "\\u0000"'),
+    ],
+)
+def test_numbers_beyond_what_torch_takes_and_nul_characters_are_rejected(tmp_path, capsys, text, expected):
     message, path = check_file(tmp_path, capsys, text)
     assert message == f"{path}: {expected}"
 

@@ -2,12 +2,16 @@
 never coerced between strings, numbers and booleans (an integer is accepted where a number is expected).
 
 A value of the wrong type raises `Mismatch`, whose message says what the schema wants and what it got.
+The same mechanism keeps every number, in core sections and component parameters alike, within what torch
+can use: integers within +-(2**31-1), numbers finite and within the float32 range; and strings free of
+NUL characters (no file name or path can hold one).
 """
 
 from __future__ import annotations
 
 import collections.abc
 import enum
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -18,6 +22,7 @@ import attrs
 import cattrs
 from cattrs.errors import BaseValidationError, IterableValidationError, IterableValidationNote
 
+from pccore.limits import FLOAT32_MAX, INDEX_LIMIT
 from pccore.recipe.render import render_value
 
 
@@ -87,12 +92,19 @@ def _structure_int(value: Any, cl: type) -> Any:
         return _structure_enum(value, cl)
     if isinstance(value, bool) or not isinstance(value, int):
         raise Mismatch("an integer", value)
+    if abs(value) > INDEX_LIMIT:
+        raise Mismatch(f"an integer between -{INDEX_LIMIT} and {INDEX_LIMIT} (2**31-1, the largest size or "
+                       "count torch indexes tensors with)", value)
     return value if cl is int else cl(value)
 
 
 def _structure_float(value: Any, cl: type) -> Any:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise Mismatch("a number", value)
+    if not math.isfinite(value):
+        raise Mismatch("a finite number", value)
+    if abs(value) > FLOAT32_MAX:
+        raise Mismatch(f"a number of magnitude at most {FLOAT32_MAX:.7g} (the largest float32)", value)
     return float(value) if cl is float else cl(value)
 
 
@@ -107,12 +119,19 @@ def _structure_str(value: Any, cl: type) -> Any:
         return _structure_enum(value, cl)
     if not isinstance(value, str):
         raise Mismatch("a string", value)
+    _check_text(value)
     return value if cl is str else cl(value)
+
+
+def _check_text(value: str) -> None:
+    if "\0" in value:
+        raise Mismatch("a string without NUL characters", value)
 
 
 def _structure_path(value: Any, cl: type) -> Any:
     if not isinstance(value, str):
         raise Mismatch(describe(Path), value)
+    _check_text(value)
     return cl(value)
 
 

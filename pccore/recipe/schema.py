@@ -50,10 +50,15 @@ _DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 class RunSection:
     """How a recipe is run: its name, seeds, device, output folder and numeric settings."""
 
-    name: str = ""
+    name: str = attrs.field(
+        default="",
+        validator=expect(lambda v: v not in (".", "..") and not set(v) & set("/\\"),
+                         'a folder name (no "/" or "\\", not "." or "..")'),
+    )
     seeds: list[int] = attrs.field(
         factory=lambda: [0],
-        validator=expect(lambda v: len(v) >= 1 and all(s >= 0 for s in v), "a non-empty list of seeds >= 0"),
+        validator=expect(lambda v: len(v) >= 1 and all(s >= 0 for s in v) and len(set(v)) == len(v),
+                         "a non-empty list of distinct seeds >= 0 (each seed gets its own folder)"),
     )
     device: str = attrs.field(
         default="auto", validator=expect(_DEVICE.fullmatch, '"auto", "cpu", "cuda" or "cuda:N"')
