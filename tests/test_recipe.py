@@ -509,7 +509,9 @@ def test_recipe_to_toml_writes_the_expected_text():
         registry=FAKE,
     )
     text = recipe_to_toml(recipe)
-    assert '[run]\nname = "say \\"hi\\""\nseeds = [\n    0,\n    1,\n]\ndevice = "auto"\nout_dir = "C:\\\\runs"\n' in text
+    assert (
+        '[run]\nname = "say \\"hi\\""\nseeds = [\n    0,\n    1,\n]\ndevice = "auto"\nout_dir = "C:\\\\runs"\n'
+    ) in text
     assert '[precision]\nname = "spiking"\npeak = 1e-05\nbase = 2.5e-07\nlearning = "ones"\n' in text
     assert (
         '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\there"\n'

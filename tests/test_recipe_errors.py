@@ -313,6 +313,24 @@ def test_error_in_a_base_file_names_the_base_file(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[inference]\nsteps = 3\nlr = 0.5\nsteps = 4\n[train]\nepochs = 2\n",
+         "inference.steps is defined twice (line 4)"),
+        ('[run]\nname = "a"\n[train]\nepochs = 1\n[run]\nseeds = [1]\n', "the table [run] is defined twice (line 5)"),
+        ("[model]\nhidden = [\n  8,\n  4,\n]\nhidden = [\n  2,\n]\n", "model.hidden is defined twice (line 6)"),
+        ("[data]\ncrop = { padding = 2, padding = 4 }\n",
+         "the key padding is defined twice in one inline table (line 2)"),
+        ('[data]\n"batch_size" = 1\nbatch_size = 2\n', "data.batch_size is defined twice (line 3)"),
+        ("extends = 'a.toml'\nextends = 'b.toml'\n", "extends is defined twice (line 2)"),
+    ],
+)
+def test_a_key_defined_twice_is_named_with_its_line(tmp_path, capsys, text, expected):
+    message, path = check_file(tmp_path, capsys, text)
+    assert message == f"{path}: invalid TOML: {expected}"
+
+
 def test_invalid_toml_in_a_base_file_names_the_base_file(tmp_path, capsys):
     base = write(tmp_path, "base.toml", "[run\n")
     message, _ = check_file(tmp_path, capsys, 'extends = "base.toml"\n')

@@ -25,6 +25,7 @@ from pccore.recipe.schema import (
     default_registry,
     param_names,
 )
+from pccore.recipe.syntax import explain
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,10 +40,10 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
     if path.is_dir():
         raise RecipeError(f"{label}: is a directory, expected a TOML recipe file")
     try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
+        text = path.read_bytes().decode("utf-8")
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{label}: invalid TOML: {one_line(str(err))}") from None
+        raise RecipeError(f"{label}: invalid TOML: {explain(text, err)}") from None
     except UnicodeDecodeError as err:
         raise RecipeError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     except OSError as err:
