@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
+from pccore import limits
 from pccore.components import DataSpec, PrecisionTable
 from pccore.engine import PCEngine
 from pccore.errors import DeviceUnavailable, UsageError
@@ -80,13 +82,46 @@ def compile_blocks(model: nn.ModuleList) -> nn.ModuleList:
     return nn.ModuleList([torch.compile(b, dynamic=False) for b in model])
 
 
-def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
-    """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
+def _model_builder(recipe, spec: DataSpec, architecture: Any, norm: Any) -> Callable[[], list[nn.Module]]:
+    """A function that builds the recipe's blocks; an architecture's ValueError is a UsageError naming it."""
+
+    def build() -> list[nn.Module]:
+        try:
+            return list(architecture.build(tuple(spec.input_shape), spec.num_classes, norm))
+        except ValueError as err:
+            raise UsageError(f"model '{recipe.model.name}': {err}") from None
+
+    return build
+
+
+def _check_model(recipe, build: Callable[[], list[nn.Module]], device: torch.device) -> int | None:
+    """Check the model's sizes on the meta device before anything is allocated; the number of blocks, or
+    None when the architecture cannot be built on the meta device."""
+    model = f"model '{recipe.model.name}'"
+    blocks = limits.meta_blocks(build, model)
+    if blocks is None:
+        return None
+    limits.check_model_size(blocks, model, DTYPES[recipe.run.dtype], device)
+    limits.check_table_size(recipe.inference.steps, len(blocks))
+    return len(blocks)
+
+
+def preflight(recipe, spec: DataSpec, device: torch.device, registry=None) -> int | None:
+    """Build every component of `recipe` (so that a plugin that fails to build fails here) and refuse,
+    before anything is allocated, a model or precision table too large for torch or for the memory of
+    `device` (UsageError naming the limit). Returns the number of blocks, or None when the architecture
+    cannot be built on the meta device (it is then checked when it is built)."""
     if registry is None:
         from pccore.plugins import get_registry
 
         registry = get_registry()
-    built = {
+    built = _build_components(recipe, registry)
+    return _check_model(recipe, _model_builder(recipe, spec, built["architecture"], built["normalization"]), device)
+
+
+def _build_components(recipe, registry) -> dict[str, Any]:
+    """Every component of `recipe` but the dataset, built from its parameters."""
+    return {
         kind: registry.build(kind, section.name, section.params)
         for kind, section in (
             ("normalization", recipe.normalization),
@@ -96,10 +131,19 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
             ("architecture", recipe.model),
         )
     }
-    try:
-        blocks = built["architecture"].build(tuple(spec.input_shape), spec.num_classes, built["normalization"])
-    except ValueError as err:
-        raise UsageError(f"model '{recipe.model.name}': {err}") from None
+
+
+def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
+    """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    built = _build_components(recipe, registry)
+    build = _model_builder(recipe, spec, built["architecture"], built["normalization"])
+    _check_model(recipe, build, device)
+    blocks = build()
+    limits.check_table_size(recipe.inference.steps, len(blocks))
     dtype = DTYPES[recipe.run.dtype]
     model = nn.ModuleList(blocks).to(device=device, dtype=dtype)
     if recipe.run.channels_last:

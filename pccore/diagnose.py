@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from pccore.assemble import DTYPES, assemble, resolve_device
+from pccore.assemble import DTYPES, assemble, preflight, resolve_device
 from pccore.components import DataSpec, PrecisionTable
 
 
@@ -24,12 +24,12 @@ def _data_spec(recipe, registry) -> DataSpec:
 
 
 def precision_table(recipe, registry) -> PrecisionTable:
-    """The table the recipe will use; the layer count comes from building the model on the meta device."""
+    """The table the recipe will use; the layer count comes from building the model on the meta device
+    (on the CPU for an architecture that cannot be built there)."""
     spec = _data_spec(recipe, registry)
-    norm = registry.build("normalization", recipe.normalization.name, recipe.normalization.params)
-    arch = registry.build("architecture", recipe.model.name, recipe.model.params)
-    with torch.device("meta"):
-        layers = len(arch.build(tuple(spec.input_shape), spec.num_classes, norm))
+    layers = preflight(recipe, spec, torch.device("cpu"), registry)
+    if layers is None:
+        layers = len(assemble(recipe, spec, torch.device("cpu"), registry).blocks)
     schedule = registry.build("precision", recipe.precision.name, recipe.precision.params)
     return schedule.table(layers, recipe.inference.steps)
 
