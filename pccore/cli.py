@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
+import signal
 import sys
+import threading
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 EPILOG = """\
 examples:
@@ -162,11 +164,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pccore.failures import debug_from_env, describe_failure
 
     debug = args.debug or debug_from_env()
+    restore_sigterm = _sigterm_interrupts()
     try:
         return _dispatch(args, parser)
-    except KeyboardInterrupt:
-        print("pccore: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, _Terminated)
+        print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (e.g. `pccore plugins --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
@@ -177,6 +181,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
         print(message, file=sys.stderr)
         return status
+    finally:
+        restore_sigterm()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), handled like Ctrl-C: a run is marked interrupted."""
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM raise `_Terminated` while a command runs; returns what puts the old handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

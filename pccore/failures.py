@@ -24,9 +24,14 @@ def debug_from_env() -> bool:
 
 
 def _first_line(err: BaseException, limit: int = 300) -> str:
-    """The exception's message on one line (C++ errors append their own backtrace: only the first line)."""
-    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
+    """The exception's message on one line, at most `limit` characters, without the C++ backtrace that
+    torch appends to some messages."""
+    lines = []
+    for line in str(err).splitlines():
+        if line.startswith("Exception raised from "):
+            break
+        lines.append(line.strip())
+    text = " ".join(line for line in lines if line)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

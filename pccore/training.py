@@ -38,7 +38,13 @@ import torch
 
 import pccore
 from pccore.assemble import DTYPES, assemble, autocast_dtype, preflight, resolve_device
-from pccore.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from pccore.checkpoint import (
+    CheckpointError,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from pccore.data import BatchFeeder, smoke_data
 from pccore.errors import DivergenceError, PccoreError, UsageError
 from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, make_folder
@@ -288,7 +294,7 @@ def _record_failure(run_dir: Path, err: BaseException) -> None:
         status, error = "failed", " ".join(message.split())
     with contextlib.suppress(PccoreError, OSError):
         _update_run_info(run_dir, status=status, error=error)
-    if interrupted or not isinstance(err, (UsageError, DivergenceError)):
+    if interrupted or not isinstance(err, (UsageError, DivergenceError, CheckpointError)):
         print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
 
 
@@ -353,12 +359,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
 
     state = SeedState()
     if resume and checkpoint_path.is_file():
-        saved = load_checkpoint(checkpoint_path)
-        asm.blocks.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["scheduler"])
-        state = SeedState(**saved["state"])
-        restore_rng_state(saved["rng"])
+        state = _restore(load_checkpoint(checkpoint_path), checkpoint_path, asm, optimizer, schedule, seed)
         ctx.progress.note(f"seed {seed}: resuming after epoch {state.epochs_done}")
     fresh = state.epochs_done == 0
     # A resumed seed hides the events its interrupted epoch logged after the checkpoint (all of them when
@@ -397,6 +398,25 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def _restore(saved: dict[str, Any], path: Path, asm: Any, optimizer: Any, schedule: Any, seed: int) -> SeedState:
+    """Put a checkpoint's model, optimizer, schedule and generators back; a checkpoint that does not fit
+    the run's recipe (edited since, or from another run) is a CheckpointError naming the mismatch."""
+    try:
+        asm.blocks.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        state = SeedState(**saved["state"])
+        restore_rng_state(saved["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(
+            f"the checkpoint {path} does not fit this run's recipe ({type(err).__name__}: {detail[:300]}); if "
+            f"{path.parent.parent / 'recipe.toml'} was edited, restore it, or delete {path} to restart seed "
+            f"{seed} from scratch"
+        ) from err
+    return state
 
 
 class _SeedLoop:

@@ -14,6 +14,8 @@ import importlib
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -26,6 +28,8 @@ from pccore.cli import main
 from pccore.plugins import reset_registry
 from tests.fakedist import make_dist
 from tests.test_training import write_recipe
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run_cli(capsys, *argv: str | Path) -> tuple[int, str, str]:
@@ -476,3 +480,53 @@ def test_the_guard_finds_the_component_without_wrapping_the_training_step(fake_d
     built = plugins.get_registry().build("nudging", "flaky", NoParams())
     assert type(built).__module__ == "flaky_nudging"
     assert type(built).__name__ == "Flaky"
+
+
+# --- resuming and stopping -----------------------------------------------------------------------
+
+
+def test_resuming_with_an_edited_recipe_names_the_checkpoint_mismatch(tmp_path, capsys):
+    out = tmp_path / "out"
+    recipe = write_recipe(tmp_path, epochs=1, tensorboard=False)
+    assert main(["run", str(recipe), "--out", str(out)]) == 0
+    (out / "seed_0" / "summary.json").unlink()
+    saved = out / "recipe.toml"
+    saved.write_text(saved.read_text().replace("hidden = [\n    32,\n]", "hidden = [\n    33,\n]"))
+    capsys.readouterr()
+    code, _, err = run_cli(capsys, "run", "--resume", out)
+    assert code == 1
+    checkpoint = out / "seed_0" / "checkpoint.pt"
+    message = error_line(err)
+    assert message.startswith(
+        f"the checkpoint {checkpoint} does not fit this run's recipe (RuntimeError: Error(s) in loading "
+        "state_dict for ModuleList: size mismatch for 0.1.weight: copying a param with shape torch.Size([32, 64]) "
+        "from checkpoint, the shape in current model is torch.Size([33, 64])."
+    )
+    assert message.endswith(f"; if {saved} was edited, restore it, or delete {checkpoint} to restart seed 0 "
+                            "from scratch")
+    assert "--resume" not in err
+    assert run_info(out)["status"] == "failed"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.timeout(180)
+def test_sigterm_marks_the_run_interrupted_and_says_how_to_resume(tmp_path, capsys):
+    recipe = write_recipe(tmp_path, epochs=200, max_batches=0, tensorboard=False)
+    out = tmp_path / "out"
+    code = "import sys; from pccore.cli import main; sys.exit(main())"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code, "run", str(recipe), "--out", str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    try:
+        for line in process.stdout:
+            if line.startswith("seed 0 epoch 1/200 loss "):  # the first epoch is done: a checkpoint exists
+                break
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 143
+    assert err.endswith(f"pccore: continue this run with: pccore run --resume {out}\npccore: terminated\n")
+    assert run_info(out)["status"] == "interrupted"
+    assert load_checkpoint(out / "seed_0" / "checkpoint.pt")["state"]["epochs_done"] >= 1
