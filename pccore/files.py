@@ -26,6 +26,10 @@ _HINTS = {
 }
 
 
+_PATH_ERRORS = {errno.ENAMETOOLONG, errno.ENOENT, errno.EINVAL, errno.ELOOP}
+"""Errors that say the path given cannot name a folder (rather than that the machine refuses)."""
+
+
 class OutputError(PccoreError):
     """A file or folder that pccore must write could not be written (a full disk, no permission)."""
 
@@ -39,22 +43,42 @@ def _reason(err: OSError) -> str:
 def _not_a_folder(path: Path) -> Path | None:
     """The first existing part of `path` (itself or a parent) that is not a folder."""
     for part in [path, *path.parents]:
-        if part.exists():
-            return None if part.is_dir() else part
+        try:
+            if part.exists():
+                return None if part.is_dir() else part
+        except OSError:
+            continue
     return None
 
 
+def _folder_error(err: OSError, path: Path, what: str) -> PccoreError:
+    """A UsageError when the path itself is unusable (too long, a file in the way, a place that cannot
+    hold folders), an OutputError when the machine refuses (permission, a full or read-only disk)."""
+    if isinstance(err, (FileExistsError, NotADirectoryError)):
+        blocker = _not_a_folder(path) or path
+        return UsageError(f"cannot create {what} {path}: {blocker} exists and is not a folder")
+    error = UsageError if err.errno in _PATH_ERRORS else OutputError
+    return error(f"cannot create {what} {path}: {_reason(err)}")
+
+
+def is_folder(path: Path, what: str) -> bool:
+    """Whether `path` is an existing folder; a path the system cannot even look up (too long, say) is an
+    error naming `what` it is for."""
+    try:
+        return Path(path).is_dir()
+    except OSError as err:
+        raise _folder_error(err, Path(path), what) from None
+
+
 def make_folder(path: Path, what: str) -> Path:
-    """Create `path` (and its parents) if needed. A part of it that exists and is not a folder is a
-    UsageError, any other failure an OutputError; both name `what` the folder is for."""
+    """Create `path` (and its parents) if needed. A part of it that exists and is not a folder, or a path
+    that cannot name a folder, is a UsageError; the machine refusing is an OutputError; both name `what`
+    the folder is for."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
-    except (FileExistsError, NotADirectoryError):
-        blocker = _not_a_folder(path) or path
-        raise UsageError(f"cannot create {what} {path}: {blocker} exists and is not a folder") from None
     except OSError as err:
-        raise OutputError(f"cannot create {what} {path}: {_reason(err)}") from None
+        raise _folder_error(err, path, what) from None
     return path
 
 

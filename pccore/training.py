@@ -47,7 +47,7 @@ from pccore.checkpoint import (
 )
 from pccore.data import BatchFeeder, smoke_data
 from pccore.errors import DivergenceError, PccoreError, UsageError
-from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, make_folder
+from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, is_folder, make_folder
 from pccore.optim import WarmupCosine, make_optimizer
 from pccore.tensorboard import RunLogger
 
@@ -132,7 +132,10 @@ def train(
         registry = get_registry()
     stream = sys.stdout if stream is None else stream
     if device is not None:
-        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
+        try:
+            recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
+        except ValueError as err:  # the schema's check of run.device
+            raise UsageError(f"--device {device}: expected {err}") from None
     if smoke:
         recipe = smoke_recipe(recipe)
     torch_device = resolve_device(recipe.run.device)
@@ -249,12 +252,12 @@ def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> tuple[Path,
     whether the folder was created here."""
     if out_dir is not None:
         out_dir = Path(out_dir)
-        if (out_dir / "recipe.toml").exists():
+        existed = is_folder(out_dir, "the run directory (--out)")
+        if existed and (out_dir / "recipe.toml").exists():
             raise UsageError(
                 f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
                 "or choose another --out."
             )
-        existed = out_dir.is_dir()
         return make_folder(out_dir, "the run directory (--out)"), not existed
     root = Path(recipe.run.out_dir)
     if smoke:

@@ -157,6 +157,19 @@ def test_run_out_dir_that_is_a_file_is_refused(tmp_path, capsys):
     )
 
 
+def test_a_path_the_system_cannot_name_is_bad_input(tmp_path, capsys):
+    out = tmp_path / ("b" * 300)  # longer than any file system's longest name (255 bytes)
+    code, _, err = run_cli(capsys, "run", write_recipe(tmp_path), "--smoke", "--out", out)
+    assert code == 2
+    assert error_line(err) == f"cannot create the run directory (--out) {out}: File name too long"
+
+
+def test_a_device_the_schema_does_not_know_is_bad_input(tmp_path, capsys):
+    code, _, err = run_cli(capsys, "run", write_recipe(tmp_path), "--smoke", "--device", "meta")
+    assert code == 2
+    assert error_line(err) == '--device meta: expected "auto", "cpu", "cuda" or "cuda:N"'
+
+
 @pytest.mark.parametrize("dataset", ["cifar10", "tinyimagenet"])
 def test_a_dataset_root_that_is_a_file_is_refused(tmp_path, capsys, dataset):
     blocker = tmp_path / "data"
