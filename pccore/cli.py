@@ -178,7 +178,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as err:
         if debug:
             traceback.print_exc()
-        message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
+        try:
+            message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
+        except Exception:  # an exception whose own message cannot be rendered: still one line, no traceback
+            message, status = f"pccore: error: {type(err).__name__} (its message could not be shown)", 1
         print(message, file=sys.stderr)
         return status
     finally:

@@ -360,7 +360,7 @@ def blame(err: BaseException) -> Culprit | None:
     component: tuple[str, str, PluginInfo, str] | None = None
     for frame, lineno in reversed(list(traceback.walk_tb(err.__traceback__))):
         if in_plugin is None:
-            module = frame.f_globals.get("__name__", "")
+            module = str(frame.f_globals.get("__name__", ""))
             found = next((i for r in registries if (i := r.plugin_of_module(module)) is not None), None)
             if found is not None:
                 in_plugin = (found, _where(frame, lineno))

@@ -543,3 +543,17 @@ def test_sigterm_marks_the_run_interrupted_and_says_how_to_resume(tmp_path, caps
     assert err.endswith(f"pccore: continue this run with: pccore run --resume {out}\npccore: terminated\n")
     assert run_info(out)["status"] == "interrupted"
     assert load_checkpoint(out / "seed_0" / "checkpoint.pt")["state"]["epochs_done"] >= 1
+
+
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no message")
+
+
+def test_an_exception_whose_message_cannot_be_rendered_still_gives_one_line(monkeypatch, capsys):
+    def raise_unprintable(args):
+        raise _Unprintable
+
+    monkeypatch.setattr(plugins, "plugins_command", raise_unprintable)
+    code, out, err = run_cli(capsys, "plugins")
+    assert (code, out, err) == (1, "", "pccore: error: _Unprintable (its message could not be shown)\n")
