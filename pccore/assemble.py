@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -94,29 +95,71 @@ def _model_builder(recipe, spec: DataSpec, architecture: Any, norm: Any) -> Call
     return build
 
 
-def _check_model(recipe, build: Callable[[], list[nn.Module]], device: torch.device) -> int | None:
-    """Check the model's sizes on the meta device before anything is allocated; the number of blocks, or
-    None when the architecture cannot be built on the meta device."""
+def _check_model(recipe, build: Callable[[], list[nn.Module]], device: torch.device) -> list[nn.Module] | None:
+    """Check the model's sizes on the meta device before anything is allocated; the meta blocks, or None
+    when the architecture cannot be built on the meta device."""
     model = f"model '{recipe.model.name}'"
     blocks = limits.meta_blocks(build, model)
     if blocks is None:
         return None
     limits.check_model_size(blocks, model, DTYPES[recipe.run.dtype], device)
     limits.check_table_size(recipe.inference.steps, len(blocks))
-    return len(blocks)
+    return blocks
 
 
-def preflight(recipe, spec: DataSpec, device: torch.device, registry=None) -> int | None:
+def _check_training_batches(recipe, blocks: list[nn.Module], norm: Any, spec: DataSpec, train_size: int) -> None:
+    """Pass each size of batch a training epoch yields through the meta blocks in training mode, so that a
+    batch the model cannot train on (BatchNorm with one value per channel, say) is refused before the run
+    starts rather than at the end of its first epoch. Blocks that cannot run on the meta device are not
+    checked."""
+    batch = recipe.data.batch_size
+    batches = math.ceil(train_size / batch)
+    sizes = {min(batch, train_size)}
+    if recipe.train.max_batches == 0 or recipe.train.max_batches >= batches:
+        sizes.add(train_size - (batches - 1) * batch)
+    model = nn.ModuleList(blocks).train()
+    norm.set_phase(model, "forward")
+    for size in sorted(sizes):
+        x = torch.empty((size, *spec.input_shape), device="meta")
+        try:
+            for block in model:
+                x = block(x)
+        except ValueError as err:
+            problem = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            if size == min(batch, train_size):
+                raise UsageError(
+                    f"model '{recipe.model.name}' cannot train on a batch of {size} ({problem}); raise "
+                    "data.batch_size"
+                ) from None
+            raise UsageError(
+                f"model '{recipe.model.name}' cannot train on the last batch of each epoch, which holds {size} "
+                f"of the {train_size} training images with data.batch_size = {batch} ({problem}); choose a "
+                f"data.batch_size that does not leave {size} over"
+            ) from None
+        except Exception:  # an operation without a meta implementation: such blocks are not checked
+            return
+
+
+def preflight(
+    recipe, spec: DataSpec, device: torch.device, registry=None, train_size: int | None = None
+) -> int | None:
     """Build every component of `recipe` (so that a plugin that fails to build fails here) and refuse,
     before anything is allocated, a model or precision table too large for torch or for the memory of
-    `device` (UsageError naming the limit). Returns the number of blocks, or None when the architecture
-    cannot be built on the meta device (it is then checked when it is built)."""
+    `device` (UsageError naming the limit), and, given the number of training images, a training batch
+    the model cannot take. Returns the number of blocks, or None when the architecture cannot be built on
+    the meta device (it is then checked when it is built)."""
     if registry is None:
         from pccore.plugins import get_registry
 
         registry = get_registry()
     built = _build_components(recipe, registry)
-    return _check_model(recipe, _model_builder(recipe, spec, built["architecture"], built["normalization"]), device)
+    blocks = _check_model(recipe, _model_builder(recipe, spec, built["architecture"], built["normalization"]),
+                          device)
+    if blocks is None:
+        return None
+    if train_size:
+        _check_training_batches(recipe, blocks, built["normalization"], spec, train_size)
+    return len(blocks)
 
 
 def _build_components(recipe, registry) -> dict[str, Any]:

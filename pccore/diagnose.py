@@ -114,7 +114,8 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple[DataSpec, torch.Tensor, torch.Tensor]:
     """The first training batch of `data.batch_size` (random data shaped like the dataset with `smoke`,
-    nothing read from disk), on `device` in the recipe's dtype and memory format."""
+    nothing read from disk), on `device` in the recipe's dtype and memory format; a model too large, or
+    one that cannot train on a batch of that size, is refused (UsageError) before it is built."""
     from pccore.data import BatchFeeder, smoke_data
 
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
@@ -124,6 +125,7 @@ def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple
     feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device,
                          dtype=DTYPES[recipe.run.dtype], channels_last=recipe.run.channels_last)
     x, y = next(iter(feeder.epoch(seed, 0)))
+    preflight(recipe, spec, device, registry, train_size=int(x.shape[0]))  # a batch the model cannot take
     return spec, x, y
 
 

@@ -151,6 +151,9 @@ def train(
     data = (
         smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke else dataset.load()
     )
+    images = getattr(data, "train_images", None)
+    if isinstance(images, torch.Tensor) and images.dim() == 4:
+        preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]))
     if resume:
         _update_run_info(run_dir, status="running", error=None)
     else:

@@ -381,6 +381,34 @@ def test_a_model_larger_than_the_free_memory_is_refused(tmp_path, capsys, monkey
     assert not (tmp_path / "out").exists()
 
 
+BATCH_NORM_ONE = "ValueError: Expected more than 1 value per channel when training, got input size torch.Size([1, 32])"
+
+
+def test_a_last_batch_the_model_cannot_train_on_is_refused_before_the_run_starts(tmp_path, capsys):
+    # 1437 digits train (1797 less 360 test) = 359 * 4 + 1: the last batch would be one image for BatchNorm
+    recipe = write_recipe(tmp_path, normalization="frozen", data_batch_size=4, max_batches=0)
+    code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out")
+    assert code == 2
+    assert error_line(err) == (
+        "model 'mlp' cannot train on the last batch of each epoch, which holds 1 of the 1437 training images "
+        f"with data.batch_size = 4 ({BATCH_NORM_ONE}); choose a data.batch_size that does not leave 1 over"
+    )
+    assert not (tmp_path / "out").exists()
+    # cut to full batches by train.max_batches, the same batch size trains
+    code, _, _ = run_cli(capsys, "run", write_recipe(tmp_path, normalization="frozen", data_batch_size=4,
+                                                      tensorboard=False), "--out", tmp_path / "cut")
+    assert code == 0
+
+
+@pytest.mark.parametrize("command", ["run", "diagnose", "bench"])
+def test_a_batch_of_one_for_batchnorm_is_refused(tmp_path, capsys, command):
+    recipe = write_recipe(tmp_path, normalization="batchnorm", data_batch_size=1)
+    extra = {"run": ["--out", str(tmp_path / "out")], "diagnose": [], "bench": ["--steps", "1"]}[command]
+    code, _, err = run_cli(capsys, command, recipe, "--smoke" if command != "bench" else "--warmup=0", *extra)
+    assert code == 2
+    assert error_line(err) == f"model 'mlp' cannot train on a batch of 1 ({BATCH_NORM_ONE}); raise data.batch_size"
+
+
 # --- third-party components that raise -----------------------------------------------------------
 
 FACTORY_RAISES = """
