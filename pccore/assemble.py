@@ -186,6 +186,10 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
     build = _model_builder(recipe, spec, built["architecture"], built["normalization"])
     _check_model(recipe, build, device)
     blocks = build()
+    remember = getattr(registry, "remember", None)  # the plugin registry names the blocks' architecture
+    if remember is not None:
+        for block in blocks:
+            remember(block, "architecture", recipe.model.name)
     limits.check_table_size(recipe.inference.steps, len(blocks))
     dtype = DTYPES[recipe.run.dtype]
     model = nn.ModuleList(blocks).to(device=device, dtype=dtype)

@@ -210,12 +210,15 @@ class Registry:
                 f"{type(obj).__module__}.{type(obj).__qualname__}, which lacks {', '.join(missing)} "
                 f"(required by {protocol.__name__})"
             )
-        self._remember(obj, kind, name, info)
+        self.remember(obj, kind, name)
         return obj
 
-    def _remember(self, obj: Any, kind: str, name: str, info: PluginInfo) -> None:
-        """Record a built component by identity, without keeping it alive (objects that take no weak
-        reference are not recorded; their plugin is still found by its module)."""
+    def remember(self, obj: Any, kind: str, name: str) -> None:
+        """Record `obj` as made by the component `kind`/`name` (the component itself, or what it built,
+        such as an architecture's blocks), by identity and without keeping it alive, so that `blame` can
+        name the component when `obj`'s code raises. Objects that take no weak reference are skipped
+        (their plugin is still found by its module)."""
+        info = self.provider(kind, name)
         key = id(obj)
         try:
             ref = weakref.ref(obj, lambda _ref: self._built.pop(key, None))

@@ -456,6 +456,43 @@ METHOD_RAISES = """
 """
 
 
+BLOCK_RAISES = """
+    import math
+
+    from torch import nn
+
+    import pccore
+    from pccore.components import NoParams
+
+
+    class Glitch(nn.Module):
+        def __init__(self, features, classes):
+            super().__init__()
+            self.linear = nn.Linear(features, classes)
+            self.calls = 0
+
+        def forward(self, x):
+            if not x.is_meta:
+                self.calls += 1
+                if self.calls == 5:
+                    raise RuntimeError("glitch in the block")
+            return self.linear(x.flatten(1))
+
+
+    class Glitchy:
+        def __init__(self, params):
+            pass
+
+        def build(self, input_shape, num_classes, norm):
+            return [Glitch(math.prod(input_shape), num_classes)]
+
+
+    @pccore.hookimpl
+    def pccore_register_architecture():
+        return [pccore.Component("glitchy", Glitchy, NoParams, "a block that fails on its fifth call")]
+"""
+
+
 @pytest.fixture
 def fake_dist(tmp_path, monkeypatch):
     """Install a fake distribution (on sys.path) and reload the process-wide registry with it."""
@@ -511,6 +548,18 @@ def test_a_component_whose_method_raises_mid_run_is_named_and_the_run_marked_fai
     assert f"pccore: continue this run with: pccore run --resume {out}\n" in err
     assert run_info(out)["status"] == "failed"
     assert run_info(out)["error"] == "ValueError: the target went missing"
+
+
+def test_a_block_an_architecture_built_that_raises_mid_run_names_the_architecture(tmp_path, capsys, fake_dist):
+    fake_dist("pccore-glitchy", "glitchy_arch", BLOCK_RAISES)
+    recipe = write_recipe(tmp_path, model={"name": "glitchy"}, tensorboard=False)
+    code, _, err = run_cli(capsys, "run", recipe, "--out", tmp_path / "out")
+    assert code == 1
+    line = _line_of(BLOCK_RAISES, 'raise RuntimeError("glitch in the block")')
+    assert (
+        f"failed in architecture 'glitchy' (from distribution 'pccore-glitchy' 1.0, in glitchy_arch.Glitch.forward, "
+        f"line {line}): RuntimeError: glitch in the block. This is most likely a bug in that plugin"
+    ) in error_line(err)
 
 
 def test_the_guard_finds_the_component_without_wrapping_the_training_step(fake_dist):
