@@ -280,6 +280,12 @@ def test_recipe_equality_ignores_the_source_file():
     assert a == b
 
 
+def test_a_recipe_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[inference]\r\nsteps = 3\r\n")
+    assert load_recipe(path, registry=FAKE).inference.steps == 3
+
+
 def test_run_name_defaults_to_the_file_stem(tmp_path):
     assert load_recipe(write(tmp_path, "quick_try.toml", ""), registry=FAKE).run.name == "quick_try"
     named = write(tmp_path, "other.toml", '[run]\nname = "mine"\n')

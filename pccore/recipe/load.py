@@ -40,7 +40,7 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
     if path.is_dir():
         raise RecipeError(f"{label}: is a directory, expected a TOML recipe file")
     try:
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (some editors write one) is skipped
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{label}: invalid TOML: {explain(text, err)}") from None
