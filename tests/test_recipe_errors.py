@@ -63,7 +63,7 @@ def test_file_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "latin.toml"
     path.write_bytes(b'[run]\nname = "caf\xe9"\n')
     message = fail(capsys, path)
-    assert message.startswith(f"{path}: not UTF-8 text")
+    assert message == f"{path}: not UTF-8 text (invalid continuation byte at byte 17); save it as UTF-8"
 
 
 # --- unknown names -------------------------------------------------------------------------------

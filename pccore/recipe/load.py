@@ -45,7 +45,7 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as err:
         raise RecipeError(f"{label}: invalid TOML: {explain(text, err)}") from None
     except UnicodeDecodeError as err:
-        raise RecipeError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start})") from None
+        raise RecipeError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     except OSError as err:
         raise RecipeError(f"{label}: cannot read the recipe: {err.strerror or err}") from None
 
