@@ -1,4 +1,9 @@
-"""Turn a recipe into a ready engine: resolve each component by name once, build the model, move it."""
+"""Turn a recipe into a ready engine: resolve each component by name once, build the model, move it.
+
+Before anything is allocated, `preflight` builds the components and the model on the meta device and
+refuses (UsageError) a model or precision table too large for torch or for the device's memory, and a
+training batch the model cannot take.
+"""
 
 from __future__ import annotations
 

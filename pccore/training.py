@@ -61,7 +61,8 @@ SMOKE_HIDDEN = 32
 """Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
 RUN_INFO = "run.json"
 """Marker file of a run directory: how the run was started (smoke or not), read by --resume, and its
-status: "running", "finished", "interrupted" (Ctrl-C) or "failed" (with the error under "error")."""
+status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM) or "failed" (with the error under
+"error")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def train(
         smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke else dataset.load()
     )
     images = getattr(data, "train_images", None)
-    if isinstance(images, torch.Tensor) and images.dim() == 4:
+    if isinstance(images, torch.Tensor) and images.dim() == 4:  # a training batch the model cannot take
         preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]))
     if resume:
         _update_run_info(run_dir, status="running", error=None)
