@@ -1,13 +1,21 @@
-"""Turn a recipe into a ready engine: resolve each component by name once, build the model, move it."""
+"""Turn a recipe into a ready engine: resolve each component by name once, build the model, move it.
+
+Before anything is allocated, `preflight` builds the components and the model on the meta device and
+refuses (UsageError) a model or precision table too large for torch or for the device's memory, and a
+training batch the model cannot take.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
+from pccore import limits
 from pccore.components import DataSpec, PrecisionTable
 from pccore.engine import PCEngine
 from pccore.errors import DeviceUnavailable, UsageError
@@ -80,13 +88,88 @@ def compile_blocks(model: nn.ModuleList) -> nn.ModuleList:
     return nn.ModuleList([torch.compile(b, dynamic=False) for b in model])
 
 
-def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
-    """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
+def _model_builder(recipe, spec: DataSpec, architecture: Any, norm: Any) -> Callable[[], list[nn.Module]]:
+    """A function that builds the recipe's blocks; an architecture's ValueError is a UsageError naming it."""
+
+    def build() -> list[nn.Module]:
+        try:
+            return list(architecture.build(tuple(spec.input_shape), spec.num_classes, norm))
+        except ValueError as err:
+            raise UsageError(f"model '{recipe.model.name}': {err}") from None
+
+    return build
+
+
+def _check_model(recipe, build: Callable[[], list[nn.Module]], device: torch.device) -> list[nn.Module] | None:
+    """Check the model's sizes on the meta device before anything is allocated; the meta blocks, or None
+    when the architecture cannot be built on the meta device."""
+    model = f"model '{recipe.model.name}'"
+    blocks = limits.meta_blocks(build, model)
+    if blocks is None:
+        return None
+    limits.check_model_size(blocks, model, DTYPES[recipe.run.dtype], device)
+    limits.check_table_size(recipe.inference.steps, len(blocks))
+    return blocks
+
+
+def _check_training_batches(recipe, blocks: list[nn.Module], norm: Any, spec: DataSpec, train_size: int) -> None:
+    """Pass each size of batch a training epoch yields through the meta blocks in training mode, so that a
+    batch the model cannot train on (BatchNorm with one value per channel, say) is refused before the run
+    starts rather than at the end of its first epoch. Blocks that cannot run on the meta device are not
+    checked."""
+    batch = recipe.data.batch_size
+    batches = math.ceil(train_size / batch)
+    sizes = {min(batch, train_size)}
+    if recipe.train.max_batches == 0 or recipe.train.max_batches >= batches:
+        sizes.add(train_size - (batches - 1) * batch)
+    model = nn.ModuleList(blocks).train()
+    norm.set_phase(model, "forward")
+    for size in sorted(sizes):
+        x = torch.empty((size, *spec.input_shape), device="meta")
+        try:
+            for block in model:
+                x = block(x)
+        except ValueError as err:
+            problem = f"{type(err).__name__}: {' '.join(str(err).split())}"
+            if size == min(batch, train_size):
+                raise UsageError(
+                    f"model '{recipe.model.name}' cannot train on a batch of {size} ({problem}); raise "
+                    "data.batch_size"
+                ) from None
+            raise UsageError(
+                f"model '{recipe.model.name}' cannot train on the last batch of each epoch, which holds {size} "
+                f"of the {train_size} training images with data.batch_size = {batch} ({problem}); choose a "
+                f"data.batch_size that does not leave {size} over"
+            ) from None
+        except Exception:  # an operation without a meta implementation: such blocks are not checked
+            return
+
+
+def preflight(
+    recipe, spec: DataSpec, device: torch.device, registry=None, train_size: int | None = None
+) -> int | None:
+    """Build every component of `recipe` (so that a plugin that fails to build fails here) and refuse,
+    before anything is allocated, a model or precision table too large for torch or for the memory of
+    `device` (UsageError naming the limit), and, given the number of training images, a training batch
+    the model cannot take. Returns the number of blocks, or None when the architecture cannot be built on
+    the meta device (it is then checked when it is built)."""
     if registry is None:
         from pccore.plugins import get_registry
 
         registry = get_registry()
-    built = {
+    built = _build_components(recipe, registry)
+    blocks = _check_model(recipe, _model_builder(recipe, spec, built["architecture"], built["normalization"]),
+                          device)
+    if blocks is None:
+        return None
+    if train_size:
+        _check_training_batches(recipe, blocks, built["normalization"], spec, train_size)
+    return len(blocks)
+
+
+def _build_components(recipe, registry) -> dict[str, Any]:
+    """Every component of `recipe` but the dataset, built from its parameters."""
+    return {
         kind: registry.build(kind, section.name, section.params)
         for kind, section in (
             ("normalization", recipe.normalization),
@@ -96,10 +179,23 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
             ("architecture", recipe.model),
         )
     }
-    try:
-        blocks = built["architecture"].build(tuple(spec.input_shape), spec.num_classes, built["normalization"])
-    except ValueError as err:
-        raise UsageError(f"model '{recipe.model.name}': {err}") from None
+
+
+def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Assembly:
+    """Build every component of `recipe` for data shaped like `spec`, with the model on `device`."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    built = _build_components(recipe, registry)
+    build = _model_builder(recipe, spec, built["architecture"], built["normalization"])
+    _check_model(recipe, build, device)
+    blocks = build()
+    remember = getattr(registry, "remember", None)  # the plugin registry names the blocks' architecture
+    if remember is not None:
+        for block in blocks:
+            remember(block, "architecture", recipe.model.name)
+    limits.check_table_size(recipe.inference.steps, len(blocks))
     dtype = DTYPES[recipe.run.dtype]
     model = nn.ModuleList(blocks).to(device=device, dtype=dtype)
     if recipe.run.channels_last:

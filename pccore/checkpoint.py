@@ -1,19 +1,14 @@
 """Checkpoints of a training run: atomic writes, random-number-generator states, and reading them back.
 
 A checkpoint is a plain dict of tensors and Python scalars saved with `torch.save`; it loads with
-`weights_only=True`, so opening one never runs pickled code. Every file is written to a temporary name
-in the same folder, flushed to disk and then renamed over the target, so a crash leaves either the old
-file or the new one, never a torn one.
+`weights_only=True`, so opening one never runs pickled code. It is written atomically (`pccore.files`), so
+a crash or a full disk leaves the previous checkpoint in place, never a torn one.
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import json
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +16,7 @@ import numpy as np
 import torch
 
 from pccore.errors import PccoreError
+from pccore.files import atomic_write_bytes
 
 FORMAT_VERSION = 1
 """Stored in every checkpoint under "format"; bumped when the layout changes."""
@@ -28,43 +24,6 @@ FORMAT_VERSION = 1
 
 class CheckpointError(PccoreError):
     """A checkpoint that is missing, unreadable or from an incompatible version."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file in the same folder, fsync, then `os.replace`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable where the platform allows opening a directory."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically (used for summaries that mark a seed as finished)."""
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode("utf-8"))
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

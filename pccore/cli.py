@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+import traceback
+from collections.abc import Callable, Sequence
 
 EPILOG = """\
 examples:
@@ -16,6 +20,7 @@ examples:
   pccore diagnose recipes/quickstart.toml --smoke
   pccore bench recipes/vgg5_cifar10_sf_bf.toml --steps 10
   pccore plugins --json
+  pccore --debug run recipes/quickstart.toml --smoke    (a traceback with any error)
 """
 
 
@@ -49,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of any error (also PCCORE_DEBUG=1)")
     parser.add_argument(
         "--strict-plugins",
         action="store_true",
@@ -142,6 +149,9 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The `pccore` command. Every command runs inside one guard: no exception reaches the user as a raw
+    traceback unless --debug or PCCORE_DEBUG=1 asks for it (see `pccore.failures`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
@@ -151,20 +161,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.strict_plugins:
         os.environ["PCCORE_STRICT_PLUGINS"] = "1"
-    from pccore.errors import PccoreError
+    from pccore.failures import debug_from_env, describe_failure
 
+    debug = args.debug or debug_from_env()
+    restore_sigterm = _sigterm_interrupts()
     try:
         return _dispatch(args, parser)
-    except PccoreError as err:
-        print(f"pccore: error: {err}", file=sys.stderr)
-        return err.exit_code
-    except KeyboardInterrupt:
-        print("pccore: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, _Terminated)
+        print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (e.g. `pccore plugins --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except Exception as err:
+        if debug:
+            traceback.print_exc()
+        try:
+            message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
+        except Exception:  # an exception whose own message cannot be rendered: still one line, no traceback
+            message, status = f"pccore: error: {type(err).__name__} (its message could not be shown)", 1
+        print(message, file=sys.stderr)
+        return status
+    finally:
+        restore_sigterm()
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a job scheduler's stop, `kill`), handled like Ctrl-C: a run is marked interrupted."""
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM raise `_Terminated` while a command runs; returns what puts the old handler back."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise _Terminated
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from pccore.assemble import DTYPES, assemble, resolve_device
+from pccore.assemble import DTYPES, assemble, preflight, resolve_device
 from pccore.components import DataSpec, PrecisionTable
 
 
@@ -24,12 +24,12 @@ def _data_spec(recipe, registry) -> DataSpec:
 
 
 def precision_table(recipe, registry) -> PrecisionTable:
-    """The table the recipe will use; the layer count comes from building the model on the meta device."""
+    """The table the recipe will use; the layer count comes from building the model on the meta device
+    (on the CPU for an architecture that cannot be built there)."""
     spec = _data_spec(recipe, registry)
-    norm = registry.build("normalization", recipe.normalization.name, recipe.normalization.params)
-    arch = registry.build("architecture", recipe.model.name, recipe.model.params)
-    with torch.device("meta"):
-        layers = len(arch.build(tuple(spec.input_shape), spec.num_classes, norm))
+    layers = preflight(recipe, spec, torch.device("cpu"), registry)
+    if layers is None:
+        layers = len(assemble(recipe, spec, torch.device("cpu"), registry).blocks)
     schedule = registry.build("precision", recipe.precision.name, recipe.precision.params)
     return schedule.table(layers, recipe.inference.steps)
 
@@ -114,7 +114,8 @@ def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
 
 def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple[DataSpec, torch.Tensor, torch.Tensor]:
     """The first training batch of `data.batch_size` (random data shaped like the dataset with `smoke`,
-    nothing read from disk), on `device` in the recipe's dtype and memory format."""
+    nothing read from disk), on `device` in the recipe's dtype and memory format; a model too large, or
+    one that cannot train on a batch of that size, is refused (UsageError) before it is built."""
     from pccore.data import BatchFeeder, smoke_data
 
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
@@ -124,6 +125,7 @@ def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple
     feeder = BatchFeeder(data, train=True, batch_size=recipe.data.batch_size, device=device,
                          dtype=DTYPES[recipe.run.dtype], channels_last=recipe.run.channels_last)
     x, y = next(iter(feeder.epoch(seed, 0)))
+    preflight(recipe, spec, device, registry, train_size=int(x.shape[0]))  # a batch the model cannot take
     return spec, x, y
 
 

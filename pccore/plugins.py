@@ -15,6 +15,8 @@ import json
 import os
 import re
 import sys
+import traceback
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +25,7 @@ import pluggy
 
 from pccore import hookspecs
 from pccore.components import KINDS, PROTOCOLS, Component
-from pccore.errors import PluginError, UsageError
+from pccore.errors import PccoreError, PluginError, UsageError
 
 STRICT_ENV = "PCCORE_STRICT_PLUGINS"
 DISABLE_ENV = "PCCORE_DISABLE_PLUGINS"
@@ -129,6 +131,14 @@ def _protocol_members(protocol: type) -> list[str]:
     return sorted(set(names))
 
 
+_LIVE_REGISTRIES: weakref.WeakSet[Registry] = weakref.WeakSet()
+"""Every registry alive, so that `blame` can ask each which components it built."""
+
+
+def _versioned(info: PluginInfo) -> str:
+    return f"{info.distribution!r}" + (f" {info.version}" if info.version else "")
+
+
 class Registry:
     """Components by kind and name, each attributed to the plugin that registered it."""
 
@@ -141,6 +151,8 @@ class Registry:
         self._failures: list[PluginFailure] = []
         self.disabled: list[str] = []
         """Entry points skipped because PCCORE_DISABLE_PLUGINS (or `disabled`) named them."""
+        self._built: dict[int, tuple[weakref.ref, str, str, PluginInfo]] = {}
+        _LIVE_REGISTRIES.add(self)
 
     @property
     def plugins(self) -> list[PluginInfo]:
@@ -175,19 +187,60 @@ class Registry:
 
     def build(self, kind: str, name: str, params: Any = None) -> Any:
         """Build a component from its parameters (the defaults when `params` is None) and check its
-        interface, so a plugin that returns the wrong object fails here with its name, not mid-run."""
+        interface, so a plugin that returns the wrong object fails here with its name, not mid-run.
+
+        A factory that raises (other than with a pccore error of its own) is a PluginError naming the
+        component, its kind, its distribution and the exception. The built object is remembered, so that
+        an exception its methods raise later can be traced back to it (`blame`)."""
         record = self.component(kind, name)
-        obj = record.factory(record.params() if params is None else params)
+        info = self.provider(kind, name)
+        try:
+            obj = record.factory(record.params() if params is None else params)
+        except PccoreError:
+            raise
+        except Exception as err:  # a plugin's own code may raise anything
+            raise PluginError(
+                f"{kind} {name!r} from distribution {_versioned(info)} failed to build: {_error_text(err)}"
+            ) from err
         protocol = PROTOCOLS[kind]
         missing = [m for m in _protocol_members(protocol) if not hasattr(obj, m)]
         if missing:
-            info = self.provider(kind, name)
             raise PluginError(
                 f"{kind} {name!r} from distribution {info.distribution!r} is broken: its factory returned a "
                 f"{type(obj).__module__}.{type(obj).__qualname__}, which lacks {', '.join(missing)} "
                 f"(required by {protocol.__name__})"
             )
+        self.remember(obj, kind, name)
         return obj
+
+    def remember(self, obj: Any, kind: str, name: str) -> None:
+        """Record `obj` as made by the component `kind`/`name` (the component itself, or what it built,
+        such as an architecture's blocks), by identity and without keeping it alive, so that `blame` can
+        name the component when `obj`'s code raises. Objects that take no weak reference are skipped
+        (their plugin is still found by its module)."""
+        info = self.provider(kind, name)
+        key = id(obj)
+        try:
+            ref = weakref.ref(obj, lambda _ref: self._built.pop(key, None))
+        except TypeError:
+            return
+        self._built[key] = (ref, kind, name, info)
+
+    def built_component(self, obj: Any) -> tuple[str, str, PluginInfo] | None:
+        """(kind, name, provider) of an object this registry built and that is still alive, else None."""
+        entry = self._built.get(id(obj))
+        if entry is None or entry[0]() is not obj:
+            return None
+        return entry[1], entry[2], entry[3]
+
+    def plugin_of_module(self, module: str) -> PluginInfo | None:
+        """The loaded plugin whose entry point's package holds `module` (e.g. `fakeplug.sub` belongs to a
+        plugin whose entry point is `fakeplug.mod`), else None."""
+        targets = [(info.entry_point.partition(":")[0], info) for info in self._plugins]
+        top = module.partition(".")[0]
+        exact = [info for target, info in targets if target == module]
+        same_package = [info for target, info in targets if top and target.partition(".")[0] == top]
+        return (exact or same_package or [None])[0]
 
     def register(
         self, plugin_object: object, name: str, distribution: str = LOCAL, version: str = "", value: str = ""
@@ -277,6 +330,56 @@ class Registry:
         )
         self._failures.append(failure)
         return None
+
+
+@attrs.define(frozen=True)
+class Culprit:
+    """The plugin code an exception came from: the component whose method raised it (when known), the
+    plugin that provides it, and the function and line."""
+
+    plugin: PluginInfo
+    kind: str | None
+    name: str | None
+    where: str
+
+    def describe(self) -> str:
+        """`nudging 'boom' (from distribution 'fakeplug' 1.0, in fakeplug.Boom.output_node, line 12)`."""
+        what = f"{self.kind} {self.name!r}" if self.kind else f"plugin {self.plugin.name!r}"
+        return f"{what} (from distribution {_versioned(self.plugin)}, in {self.where})"
+
+
+def _where(frame: Any, lineno: int) -> str:
+    code = frame.f_code
+    return f"{frame.f_globals.get('__name__', '?')}.{getattr(code, 'co_qualname', code.co_name)}, line {lineno}"
+
+
+def blame(err: BaseException) -> Culprit | None:
+    """The plugin code an exception was raised in, read from its traceback when it reaches the top: the
+    innermost frame that runs in a loaded plugin's module, and the innermost frame whose `self` is a
+    component a registry built. None when no plugin code is on the traceback. Nothing is recorded while
+    training runs, so the hot loop pays nothing for this."""
+    registries = list(_LIVE_REGISTRIES)
+    in_plugin: tuple[PluginInfo, str] | None = None
+    component: tuple[str, str, PluginInfo, str] | None = None
+    for frame, lineno in reversed(list(traceback.walk_tb(err.__traceback__))):
+        if in_plugin is None:
+            module = str(frame.f_globals.get("__name__", ""))
+            found = next((i for r in registries if (i := r.plugin_of_module(module)) is not None), None)
+            if found is not None:
+                in_plugin = (found, _where(frame, lineno))
+        owner = frame.f_locals.get("self")
+        if component is None and owner is not None:
+            hit = next((h for r in registries if (h := r.built_component(owner)) is not None), None)
+            if hit is not None:
+                component = (*hit, _where(frame, lineno))
+        if component is not None:
+            break
+    if component is not None:
+        kind, name, info, where = component
+        return Culprit(info, kind, name, in_plugin[1] if in_plugin and in_plugin[0] is info else where)
+    if in_plugin is not None:
+        return Culprit(in_plugin[0], None, None, in_plugin[1])
+    return None
 
 
 def _env_strict() -> bool:

@@ -1,7 +1,8 @@
 """Complete training runs (`pccore run`): one training per seed, evaluation, early stopping, summaries.
 
-A run directory holds the resolved recipe (`recipe.toml`), a marker of how the run was started
-(`run.json`), the aggregate `summary.json`, and per seed `seed_<n>/` with TensorBoard events,
+A run directory holds the resolved recipe (`recipe.toml`), a marker of how the run was started and how
+it stands (`run.json`: running, finished, interrupted or failed with its error), the aggregate
+`summary.json`, and per seed `seed_<n>/` with TensorBoard events,
 `checkpoint.pt` (after the latest epoch), `best.pt` (at the best top-1) and the seed's `summary.json`.
 A seed with a `summary.json` is finished; `pccore run --resume RUN_DIR` skips it and continues every other
 seed from its last checkpoint. Checkpoints are taken at epoch boundaries and restore every random
@@ -20,6 +21,7 @@ check for a diverged (non-finite) loss or energy is made there and at the end of
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import random
@@ -35,17 +37,17 @@ import numpy as np
 import torch
 
 import pccore
-from pccore.assemble import DTYPES, assemble, autocast_dtype, resolve_device
+from pccore.assemble import DTYPES, assemble, autocast_dtype, preflight, resolve_device
 from pccore.checkpoint import (
-    atomic_write_bytes,
-    atomic_write_json,
+    CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
 from pccore.data import BatchFeeder, smoke_data
-from pccore.errors import DivergenceError, UsageError
+from pccore.errors import DivergenceError, PccoreError, UsageError
+from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, is_folder, make_folder
 from pccore.optim import END_FACTOR, WarmupCosine, make_optimizer
 from pccore.tensorboard import RunLogger
 
@@ -58,7 +60,9 @@ SMOKE_WIDTH = 0.0625
 SMOKE_HIDDEN = 32
 """Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
 RUN_INFO = "run.json"
-"""Marker file of a run directory: how the run was started (smoke or not), read by --resume."""
+"""Marker file of a run directory: how the run was started (smoke or not), read by --resume, and its
+status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM) or "failed" (with the error under
+"error")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -129,7 +133,10 @@ def train(
         registry = get_registry()
     stream = sys.stdout if stream is None else stream
     if device is not None:
-        recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
+        try:
+            recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
+        except ValueError as err:  # the schema's check of run.device
+            raise UsageError(f"--device {device}: expected {err}") from None
     if smoke:
         recipe = smoke_recipe(recipe)
     torch_device = resolve_device(recipe.run.device)
@@ -141,15 +148,17 @@ def train(
     seeds = _seeds(recipe)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
     spec = dataset.spec()
+    preflight(recipe, spec, torch_device, registry)  # components built, sizes checked: before any folder
     data = (
         smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke else dataset.load()
     )
-    if not resume:
-        run_dir = _make_run_dir(recipe, out_dir, smoke)
-        from pccore.recipe import recipe_to_toml
-
-        atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
-        atomic_write_json(run_dir / RUN_INFO, {"smoke": smoke, "pccore_version": pccore.__version__})
+    images = getattr(data, "train_images", None)
+    if isinstance(images, torch.Tensor) and images.dim() == 4:  # a training batch the model cannot take
+        preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]))
+    if resume:
+        _update_run_info(run_dir, status="running", error=None)
+    else:
+        run_dir = _start_run(recipe, out_dir, smoke)
     context = _RunContext(
         recipe=recipe,
         run_dir=run_dir,
@@ -169,14 +178,14 @@ def train(
     try:
         for seed in seeds:
             results.append(_train_seed(context, seed, resume))
-    except BaseException as err:
+        summary = aggregate(results)
+        summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device), **summary}
+        atomic_write_json(run_dir / "summary.json", summary)
+    except (Exception, KeyboardInterrupt) as err:
         context.progress.abort()
-        if isinstance(err, KeyboardInterrupt):
-            print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
+        _record_failure(run_dir, err)
         raise
-    summary = aggregate(results)
-    summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device), **summary}
-    atomic_write_json(run_dir / "summary.json", summary)
+    _update_run_info(run_dir, status="finished")
     context.progress.final(summary)
     return summary
 
@@ -227,10 +236,8 @@ def _thin_params(params: Any) -> Any:
 
 
 def _seeds(recipe: Any) -> list[int]:
-    seeds = [int(s) for s in recipe.run.seeds]
-    if len(set(seeds)) != len(seeds):
-        raise UsageError(f"run.seeds lists a seed twice ({seeds}); each seed gets its own folder.")
-    return seeds
+    """The seeds to train (distinct: the schema checks it)."""
+    return [int(s) for s in recipe.run.seeds]
 
 
 def _run_name(recipe: Any) -> str:
@@ -241,22 +248,42 @@ def _run_name(recipe: Any) -> str:
     return Path(source).stem if source else "run"
 
 
-def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
-    """`out_dir` exactly (it must not hold a run already), or the next free version_<N> folder."""
+def _start_run(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
+    """Make the run directory and write `run.json` (status "running") and `recipe.toml` into it; when
+    that fails, remove what was made, so that no half-made run directory is left behind."""
+    from pccore.recipe import recipe_to_toml
+
+    run_dir, created = _make_run_dir(recipe, out_dir, smoke)
+    try:
+        atomic_write_json(run_dir / RUN_INFO, {"smoke": smoke, "pccore_version": pccore.__version__,
+                                               "status": "running"})
+        atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            (run_dir / RUN_INFO).unlink(missing_ok=True)
+        if created:
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+    return run_dir
+
+
+def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> tuple[Path, bool]:
+    """`out_dir` exactly (it must not hold a run already), or the next free version_<N> folder; and
+    whether the folder was created here."""
     if out_dir is not None:
         out_dir = Path(out_dir)
-        if (out_dir / "recipe.toml").exists():
+        existed = is_folder(out_dir, "the run directory (--out)")
+        if existed and (out_dir / "recipe.toml").exists():
             raise UsageError(
                 f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
                 "or choose another --out."
             )
-        out_dir.mkdir(parents=True, exist_ok=True)
-        return out_dir
+        return make_folder(out_dir, "the run directory (--out)"), not existed
     root = Path(recipe.run.out_dir)
     if smoke:
         root = root / "smoke"
-    parent = root / _run_name(recipe)
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = make_folder(root / _run_name(recipe), "the runs folder (run.out_dir)")
     while True:
         taken = [int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
         candidate = parent / f"version_{max(taken, default=-1) + 1}"
@@ -264,7 +291,35 @@ def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
             candidate.mkdir()
         except FileExistsError:
             continue
-        return candidate
+        except OSError as err:
+            raise OutputError(f"cannot create the run directory {candidate}: {err.strerror or err}") from None
+        return candidate, True
+
+
+def _update_run_info(run_dir: Path, **changes: Any) -> None:
+    """Rewrite run.json with `changes` (a None value removes its key)."""
+    path = run_dir / RUN_INFO
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        info = {}
+    info = {**info, **changes}
+    atomic_write_json(path, {k: v for k, v in info.items() if v is not None})
+
+
+def _record_failure(run_dir: Path, err: BaseException) -> None:
+    """Mark the run interrupted or failed in run.json (best effort: a full disk may refuse even that) and
+    say how to continue it where resuming can help."""
+    interrupted = isinstance(err, KeyboardInterrupt)
+    if interrupted:
+        status, error = "interrupted", None
+    else:
+        message = str(err) if isinstance(err, PccoreError) else f"{type(err).__name__}: {err}"
+        status, error = "failed", " ".join(message.split())
+    with contextlib.suppress(PccoreError, OSError):
+        _update_run_info(run_dir, status=status, error=error)
+    if interrupted or not isinstance(err, (UsageError, DivergenceError, CheckpointError)):
+        print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
 
 
 # --- one seed ------------------------------------------------------------------------------------
@@ -304,7 +359,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
     if resume and summary_path.is_file():
         ctx.progress.note(f"seed {seed}: finished earlier, skipped")
         return json.loads(summary_path.read_text())
-    seed_dir.mkdir(parents=True, exist_ok=True)
+    make_folder(seed_dir, "the seed folder")
     checkpoint_path = seed_dir / "checkpoint.pt"
 
     torch.manual_seed(seed)
@@ -328,12 +383,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
 
     state = SeedState()
     if resume and checkpoint_path.is_file():
-        saved = load_checkpoint(checkpoint_path)
-        asm.blocks.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["scheduler"])
-        state = SeedState(**saved["state"])
-        restore_rng_state(saved["rng"])
+        state = _restore(load_checkpoint(checkpoint_path), checkpoint_path, asm, optimizer, schedule, seed)
         ctx.progress.note(f"seed {seed}: resuming after epoch {state.epochs_done}")
     fresh = state.epochs_done == 0
     # A resumed seed hides the events its interrupted epoch logged after the checkpoint (all of them when
@@ -372,6 +422,25 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
     }
     atomic_write_json(summary_path, summary)
     return summary
+
+
+def _restore(saved: dict[str, Any], path: Path, asm: Any, optimizer: Any, schedule: Any, seed: int) -> SeedState:
+    """Put a checkpoint's model, optimizer, schedule and generators back; a checkpoint that does not fit
+    the run's recipe (edited since, or from another run) is a CheckpointError naming the mismatch."""
+    try:
+        asm.blocks.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        schedule.load_state_dict(saved["scheduler"])
+        state = SeedState(**saved["state"])
+        restore_rng_state(saved["rng"])
+    except (RuntimeError, KeyError, ValueError, TypeError) as err:
+        detail = " ".join(str(err).split())
+        raise CheckpointError(
+            f"the checkpoint {path} does not fit this run's recipe ({type(err).__name__}: {detail[:300]}); if "
+            f"{path.parent.parent / 'recipe.toml'} was edited, restore it, or delete {path} to restart seed "
+            f"{seed} from scratch"
+        ) from err
+    return state
 
 
 class _SeedLoop:

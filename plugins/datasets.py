@@ -8,6 +8,7 @@ feeder normalises and augments on the device. Heavy imports (torchvision, scikit
 from __future__ import annotations
 
 import logging
+import math
 import os
 import tempfile
 import zipfile
@@ -21,7 +22,7 @@ import torch
 
 from pccore import Component, hookimpl
 from pccore.components import Augmentation, DataSpec, ImageData
-from pccore.errors import DatasetUnavailable
+from pccore.errors import DatasetUnavailable, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,7 @@ class Digits:
 
         p = self.params
         bunch = load_digits()
+        _check_split(len(bunch.target), p.test_fraction, 10)
         images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
         if p.size != images.shape[-1]:
             images = torch.nn.functional.interpolate(images, size=(p.size, p.size), mode="bilinear",
@@ -133,6 +135,19 @@ class Digits:
         mean = tuple(per_channel.mean(dim=1).tolist())
         std = tuple(per_channel.std(dim=1, correction=0).tolist())
         return ImageData(train_x, labels[train_idx], images[test_idx], labels[test_idx], 10, mean, std)
+
+
+def _check_split(samples: int, test_fraction: float, classes: int) -> None:
+    """A stratified split needs an image of every class on both sides (scikit-learn rounds the test part
+    up): UsageError naming the sizes when `test_fraction` leaves fewer."""
+    test = math.ceil(samples * test_fraction)
+    train = samples - test
+    if min(test, train) < classes:
+        raise UsageError(
+            f"data.test_fraction = {test_fraction} splits the {samples} images into {train} for training and "
+            f"{test} for testing; a stratified split needs at least one image of each of the {classes} "
+            f"classes on both sides (a fraction between {classes / samples:.4f} and {1 - classes / samples:.4f})"
+        )
 
 
 # --- CIFAR ---------------------------------------------------------------------------------------
@@ -165,7 +180,7 @@ class _Cifar:
         import torchvision.datasets
 
         reader = getattr(torchvision.datasets, self.reader_name)
-        root = Path(self.params.root).expanduser()
+        root = _data_root(self.params.root)
         try:
             train = reader(str(root), train=True, download=self.params.download)
             test = reader(str(root), train=False, download=False)
@@ -209,6 +224,18 @@ class Cifar100(_Cifar):
     std = CIFAR100_STD
 
 
+def _data_root(root: str) -> Path:
+    """`data.root` as a path; UsageError when it, or a folder above it, exists and is not a folder."""
+    path = Path(root).expanduser()
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"data.root = {root!r}: {part} exists and is not a folder; set data.root to "
+                                 "the folder that holds (or will hold) the dataset")
+            break
+    return path
+
+
 def _nhwc_to_nchw(array: np.ndarray) -> torch.Tensor:
     """An [N, H, W, C] uint8 array as a contiguous [N, C, H, W] tensor."""
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
@@ -243,6 +270,7 @@ class TinyImageNet:
         return DataSpec((3, TINY_SIZE, TINY_SIZE), 200)
 
     def load(self) -> ImageData:
+        _data_root(self.params.root)
         arrays = self._read_cache() if self.params.cache else None
         if arrays is None:
             self._ensure_tree()

@@ -32,7 +32,14 @@ class NudgeParams:
 
 
 class Nudge:
-    """x^L = mu^L_0 + beta (y - mu^L_0), fixed for all steps (equivalent to an output precision beta)."""
+    """x^L = mu^L_0 + beta (y - mu^L_0), fixed for all steps.
+
+    This matches clamping x^L = y with an output precision beta at the first inference step only: there
+    the output error x^L - mu^L_0 = beta (y - mu^L_0) is the same. Once the prediction mu^L_t moves, the
+    error is beta (y - mu^L_0) + (mu^L_0 - mu^L_t): the fixed node keeps pulling on the change of the
+    prediction with weight 1, where an output precision beta would weight the whole error y - mu^L_t by
+    beta.
+    """
 
     def __init__(self, params: NudgeParams):
         self.beta = params.beta

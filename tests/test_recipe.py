@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import enum
-import math
 import sys
 from pathlib import Path
 from typing import Literal
@@ -17,11 +16,12 @@ from typing import Literal
 import attrs
 import pytest
 
-import pccore.recipe as recipe_module
+import pccore.plugins
 from pccore.cli import main
 from pccore.components import Component, NoParams
 from pccore.errors import UsageError
 from pccore.recipe import (
+    COMPONENT_KINDS,
     ComponentSection,
     DataSection,
     InferenceSection,
@@ -283,6 +283,12 @@ def test_recipe_equality_ignores_the_source_file():
     assert a == b
 
 
+def test_a_recipe_with_a_byte_order_mark_loads(tmp_path):
+    path = tmp_path / "bom.toml"
+    path.write_bytes(b"\xef\xbb\xbf[inference]\r\nsteps = 3\r\n")
+    assert load_recipe(path, registry=FAKE).inference.steps == 3
+
+
 def test_run_name_defaults_to_the_file_stem(tmp_path):
     assert load_recipe(write(tmp_path, "quick_try.toml", ""), registry=FAKE).run.name == "quick_try"
     named = write(tmp_path, "other.toml", '[run]\nname = "mine"\n')
@@ -404,10 +410,78 @@ def test_set_may_name_a_param_of_a_component_chosen_in_the_same_command(tmp_path
         assert load_recipe(path, order, registry=FAKE).precision.params == SpikeParams(peak=3.0)
 
 
-def test_set_naming_another_component_drops_the_files_params(tmp_path):
+def test_set_naming_another_component_drops_the_params_it_lacks(tmp_path, capsys):
     path = write(tmp_path, "r.toml", '[precision]\nname = "spiking"\npeak = 2.0\n')
     recipe = load_recipe(path, ["precision.name=decaying", "precision.k=2.0"], registry=FAKE)
     assert recipe.precision == ComponentSection("decaying", DecayParams(k=2.0))
+    assert capsys.readouterr().err == (
+        'pccore: note: --set precision.name=decaying drops precision.peak (not a parameter of precision '
+        '"decaying")\n'
+    )
+
+
+@attrs.frozen
+class FirstParams:
+    shared: int = 1
+    only_first: int = 2
+    gone: str = "x"
+
+
+@attrs.frozen
+class SecondParams:
+    shared: int = 1
+    only_second: int = 3
+
+
+SWAP = FakeRegistry(
+    {kind: [*FAKE_TABLE[kind], _make("first", FirstParams), _make("second", SecondParams)] for kind in FAKE_TABLE}
+)
+"""FAKE plus, in every kind, two components that share one parameter."""
+
+
+@pytest.mark.parametrize("section", list(COMPONENT_KINDS))
+def test_set_renaming_keeps_the_shared_params_in_every_component_section(tmp_path, capsys, section):
+    text = f'[{section}]\nname = "first"\nshared = 5\nonly_first = 6\ngone = "y"\n'
+    if section == "data":
+        text += "batch_size = 7\n"
+    path = write(tmp_path, "r.toml", text)
+    recipe = load_recipe(path, [f"{section}.name=second"], registry=SWAP)
+    assert getattr(recipe, section).params == SecondParams(shared=5, only_second=3)
+    assert getattr(recipe, section).name == "second"
+    if section == "data":
+        assert recipe.data.batch_size == 7
+    kind = COMPONENT_KINDS[section]
+    assert capsys.readouterr().err == (
+        f"pccore: note: --set {section}.name=second drops {section}.only_first, {section}.gone "
+        f'(not parameters of {kind} "second")\n'
+    )
+
+
+@attrs.frozen
+class WideParams:
+    width: int = 2
+    activation: Literal["gelu", "relu"] = "gelu"
+
+
+def test_set_renaming_keeps_a_shared_param_and_checks_it_against_the_new_component(tmp_path):
+    wide = FakeRegistry({**FAKE_TABLE, "architecture": [*FAKE_TABLE["architecture"], _make("wide", WideParams)]})
+    path = write(tmp_path, "r.toml", '[model]\nname = "conv"\nwidth = 0.5\nactivation = "relu"\n')
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["model.name=wide"], registry=wide)
+    assert str(caught.value) == f"{path}: model.width: expected an integer, got 0.5"
+    recipe = load_recipe(path, ["model.name=wide", "model.width=3"], registry=wide)
+    assert recipe.model.params == WideParams(width=3, activation="relu")
+
+
+def test_set_renaming_to_the_same_component_or_an_unknown_one_drops_nothing_silently(tmp_path, capsys):
+    path = write(tmp_path, "r.toml", '[precision]\nname = "spiking"\npeak = 2.0\n')
+    recipe = load_recipe(path, ["precision.name=spiking"], registry=FAKE)
+    assert recipe.precision.params == SpikeParams(peak=2.0)
+    with pytest.raises(UsageError) as caught:
+        load_recipe(path, ["precision.name=spikin"], registry=FAKE)
+    assert str(caught.value).startswith("--set precision.name=spikin: precision.name: unknown precision 'spikin'")
+    assert "peak" not in str(caught.value)
+    assert capsys.readouterr().err == ""
 
 
 def test_set_applies_after_extends(tmp_path):
@@ -417,10 +491,9 @@ def test_set_applies_after_extends(tmp_path):
     assert (recipe.inference.steps, recipe.inference.lr) == (7, 0.5)
 
 
-def test_special_floats_from_set(tmp_path):
+def test_spaces_around_a_set_value_are_ignored(tmp_path):
     path = write(tmp_path, "r.toml", '[precision]\nname = "spiking"\n')
-    recipe = load_recipe(path, ["precision.base=inf", "precision.peak = 2.5"], registry=FAKE)
-    assert recipe.precision.params.base == math.inf
+    recipe = load_recipe(path, ["precision.peak = 2.5"], registry=FAKE)
     assert recipe.precision.params.peak == 2.5
 
 
@@ -437,38 +510,48 @@ def test_recipe_to_dict_fills_every_default_in_schema_order():
 def test_recipe_to_toml_writes_the_expected_text():
     recipe = recipe_from_dict(
         {
-            "run": {"name": 'say "hi"\\', "seeds": [0, 1]},
-            "precision": {"name": "spiking", "peak": 1e-5, "base": math.inf},
+            "run": {"name": 'say "hi"', "seeds": [0, 1], "out_dir": "C:\\runs"},
+            "precision": {"name": "spiking", "peak": 1e-5, "base": 2.5e-7},
             "data": {"root": "tab\there", "crop": {"padding": 2}},
             "optimizer": {"lr": 1e16},
         },
         registry=FAKE,
     )
     text = recipe_to_toml(recipe)
-    assert '[run]\nname = "say \\"hi\\"\\\\"\nseeds = [0, 1]\ndevice = "auto"\n' in text
-    assert '[precision]\nname = "spiking"\npeak = 1e-05\nbase = inf\nlearning = "ones"\n' in text
     assert (
-        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\\there"\n'
-        "download = false\ncrop = { padding = 2, flip = false }\nmean = [0.5]\n"
+        '[run]\nname = "say \\"hi\\""\nseeds = [\n    0,\n    1,\n]\ndevice = "auto"\nout_dir = "C:\\\\runs"\n'
+    ) in text
+    assert '[precision]\nname = "spiking"\npeak = 1e-05\nbase = 2.5e-07\nlearning = "ones"\n' in text
+    assert (
+        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\there"\n'
+        "download = false\nmean = [\n    0.5,\n]\n\n[data.crop]\npadding = 2\nflip = false\n\n[model]\n"
     ) in text
     assert "\nlr = 1e+16\n" in text
-    assert '\n\n[model]\nname = "mlp"\noutput_energy = "se"\nhidden = [16]\nactivation = "tanh"\n\n' in text
+    assert '\n\n[model]\nname = "mlp"\noutput_energy = "se"\nhidden = [\n    16,\n]\nactivation = "tanh"\n\n' in text
     assert text.endswith("[log]\ntensorboard = true\nevery = 50\ncheckpoints = true\n")
 
 
 def test_recipe_to_toml_parses_back_to_recipe_to_dict():
     recipe = recipe_from_dict(
-        {"precision": {"name": "decaying", "k": -math.inf}, "data": {"root": "ü \u0001 \\ \""}},
+        {"precision": {"name": "decaying", "k": -3.25e38}, "data": {"root": "ü \u0001 \\ \""}},
         registry=FAKE,
     )
     assert tomllib.loads(recipe_to_toml(recipe)) == recipe_to_dict(recipe)
 
 
-def test_nan_is_written_as_toml_nan():
-    recipe = recipe_from_dict({"precision": {"name": "decaying", "k": math.nan}}, registry=FAKE)
-    text = recipe_to_toml(recipe)
-    assert "\nk = nan\n" in text
-    assert math.isnan(tomllib.loads(text)["precision"]["k"])
+def test_the_largest_allowed_numbers_round_trip_exactly(tmp_path):
+    data = {
+        "run": {"name": "big"},
+        "precision": {"name": "decaying", "k": 3.4028234663852886e38},
+        "update": {"name": "leveled", "level": -(2**31 - 1)},
+        "train": {"epochs": 2**31 - 1},
+    }
+    recipe = recipe_from_dict(data, registry=FAKE)
+    again = load_recipe(write(tmp_path, "again.toml", recipe_to_toml(recipe)), registry=FAKE)
+    assert again == recipe
+    assert (again.precision.params.k, again.update.params.level, again.train.epochs) == (
+        3.4028234663852886e38, -(2**31 - 1), 2**31 - 1
+    )
 
 
 ROUND_TRIP = {
@@ -502,7 +585,7 @@ beta = 0.3
 [precision]
 name = "spiking"
 peak = 1e-5
-base = inf
+base = 2.5e-7
 learning = "table"
 [nudging]
 name = "nudge"
@@ -555,7 +638,7 @@ def test_toml_round_trip_gives_an_equal_recipe(tmp_path, text):
 def test_round_trip_of_the_everything_recipe_keeps_exact_values(tmp_path):
     recipe = load_recipe(write(tmp_path, "e.toml", ROUND_TRIP["everything"]), registry=FAKE)
     assert recipe.data.params.root == 'C:\\data\\"quoted"\n\u00e9'
-    assert recipe.precision.params == SpikeParams(peak=1e-5, base=math.inf, learning="table")
+    assert recipe.precision.params == SpikeParams(peak=1e-5, base=2.5e-7, learning="table")
     assert recipe.nudging.params == NudgeParams(beta=1e-300)
     assert recipe.update.params == LevelParams(level=-3)
     assert recipe.optimizer.weight_decay == 0.0
@@ -580,7 +663,7 @@ def test_table_path_and_enum_params():
     }
     assert as_dict["update"] == {"name": "forward", "mode": "slow"}
     text = recipe_to_toml(recipe)
-    assert '\nweights = { a = 1.0, "b c" = 0.5 }\ncache = "some/where"\n' in text
+    assert '\ncache = "some/where"\n\n[data.weights]\na = 1.0\n"b c" = 0.5\n\n[model]\n' in text
     assert flatten_recipe(recipe)["data/weights/b c"] == 0.5
 
 
@@ -641,7 +724,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
 @pytest.fixture
 def fake_registry(monkeypatch):
     """Make the CLI (which takes no registry argument) use FAKE."""
-    monkeypatch.setattr(recipe_module, "_default_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
     return FAKE
 
 
@@ -715,6 +798,20 @@ def test_builtin_precision_can_be_switched_with_set(tmp_path):
     assert recipe.precision.name == "decaying"
     assert (recipe.precision.params.k, recipe.precision.params.variant) == (1.5, "reference")
     assert recipe.precision.params.learning == "ones"
+
+
+def test_builtin_model_switched_with_set_keeps_width_and_activation(capsys):
+    quickstart = REPO / "recipes" / "quickstart.toml"
+    assert main(["recipe", "show", str(quickstart), "--set", "model.name=vgg10"]) == 0
+    out, err = capsys.readouterr()
+    model = tomllib.loads(out)["model"]
+    assert model == {"name": "vgg10", "output_energy": "se", "activation": "gelu", "width": 0.125}
+    assert err == ""
+    assert main(["recipe", "show", str(quickstart), "--set", "model.name=mlp"]) == 0
+    out, err = capsys.readouterr()
+    model = tomllib.loads(out)["model"]
+    assert model == {"name": "mlp", "output_energy": "se", "hidden": [128, 128], "activation": "gelu"}
+    assert err == 'pccore: note: --set model.name=mlp drops model.width (not a parameter of architecture "mlp")\n'
 
 
 def test_builtin_mlp_hidden_is_a_list_of_ints(tmp_path):

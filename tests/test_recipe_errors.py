@@ -12,26 +12,26 @@ from pathlib import Path
 import attrs
 import pytest
 
-import pccore.recipe as recipe_module
+import pccore.plugins
 from pccore.cli import main
 from pccore.components import Component
 from pccore.errors import PluginError, RecipeError
 from pccore.recipe import load_recipe, recipe_from_dict
 from tests.test_recipe import FAKE, FAKE_TABLE, FakeRegistry, write
 
-_BUILTIN_REGISTRY = recipe_module._default_registry
+_BUILTIN_REGISTRY = pccore.plugins.get_registry
 
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     """The CLI takes no registry argument: make it use the fake one."""
-    monkeypatch.setattr(recipe_module, "_default_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
 
 
 @pytest.fixture
 def builtin_registry(monkeypatch):
     """The real registry, with the built-in plugins, instead of the fake one."""
-    monkeypatch.setattr(recipe_module, "_default_registry", _BUILTIN_REGISTRY)
+    monkeypatch.setattr(pccore.plugins, "get_registry", _BUILTIN_REGISTRY)
 
 
 def fail(capsys, *argv: str | Path) -> str:
@@ -75,7 +75,7 @@ def test_file_that_is_not_utf8(tmp_path, capsys):
     path = tmp_path / "latin.toml"
     path.write_bytes(b'[run]\nname = "caf\xe9"\n')
     message = fail(capsys, path)
-    assert message.startswith(f"{path}: not UTF-8 text")
+    assert message == f"{path}: not UTF-8 text (invalid continuation byte at byte 17); save it as UTF-8"
 
 
 # --- unknown names -------------------------------------------------------------------------------
@@ -179,6 +179,10 @@ def test_missing_required_param(tmp_path, capsys):
 # --- out of range --------------------------------------------------------------------------------
 
 
+SEEDS = "a non-empty list of distinct seeds >= 0 (each seed gets its own folder)"
+FOLDER_NAME = 'a folder name (no "/" or "\\", not "." or "..")'
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -198,10 +202,13 @@ def test_missing_required_param(tmp_path, capsys):
         ("[train]\npatience = 0\n", "train.patience: expected an integer >= 1, got 0"),
         ("[train]\nmax_batches = -1\n", "train.max_batches: expected an integer >= 0, got -1"),
         ("[log]\nevery = 0\n", "log.every: expected an integer >= 1, got 0"),
-        ("[run]\nseeds = []\n", "run.seeds: expected a non-empty list of seeds >= 0, got []"),
-        ("[run]\nseeds = [1, -2]\n", "run.seeds: expected a non-empty list of seeds >= 0, got [1, -2]"),
+        ("[run]\nseeds = []\n", f"run.seeds: expected {SEEDS}, got []"),
+        ("[run]\nseeds = [1, -2]\n", f"run.seeds: expected {SEEDS}, got [1, -2]"),
+        ("[run]\nseeds = [1, 2, 1]\n", f"run.seeds: expected {SEEDS}, got [1, 2, 1]"),
+        ('[run]\nname = "../elsewhere"\n', f'run.name: expected {FOLDER_NAME}, got "../elsewhere"'),
+        ('[run]\nname = ".."\n', f'run.name: expected {FOLDER_NAME}, got ".."'),
+        ('[run]\nname = "a\\\\b"\n', f'run.name: expected {FOLDER_NAME}, got "a\\\\b"'),
         ('[run]\ndevice = "gpu"\n', 'run.device: expected "auto", "cpu", "cuda" or "cuda:N", got "gpu"'),
-        ("[inference]\nlr = nan\n", "inference.lr: expected a number > 0, got nan"),
     ],
 )
 def test_out_of_range(tmp_path, capsys, text, expected):
@@ -236,6 +243,43 @@ def test_builtin_component_rules_give_these_messages(tmp_path, capsys, builtin_r
     """The built-in plugins' own validators through the real registry: the exact messages users see."""
     message, path = check_file(tmp_path, capsys, text)
     assert message == f"{path}: {expected}"
+
+
+INT_LIMIT = (
+    "an integer between -2147483647 and 2147483647 (2**31-1, the largest size or count torch indexes tensors with)"
+)
+FLOAT_LIMIT = "a number of magnitude at most 3.402823e+38 (the largest float32)"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[inference]\nlr = nan\n", "inference.lr: expected a finite number, got nan"),
+        ("[optimizer]\nweight_decay = inf\n", "optimizer.weight_decay: expected a finite number, got inf"),
+        ('[precision]\nname = "spiking"\npeak = -inf\n', "precision.peak: expected a finite number, got -inf"),
+        ("[data]\nmean = [0.5, nan]\n", "data.mean[1]: expected a finite number, got nan"),
+        ('[data]\nname = "noise"\nweights = { a = 1.0, b = inf }\n',
+         "data.weights.b: expected a finite number, got inf"),
+        ("[inference]\nlr = 1e39\n", f"inference.lr: expected {FLOAT_LIMIT}, got 1e+39"),
+        ('[precision]\nname = "decaying"\nk = -3.5e38\n', f"precision.k: expected {FLOAT_LIMIT}, got -3.5e+38"),
+        ("[train]\nepochs = 2147483648\n", f"train.epochs: expected {INT_LIMIT}, got 2147483648"),
+        ("[run]\nseeds = [0, 99999999999]\n", f"run.seeds[1]: expected {INT_LIMIT}, got 99999999999"),
+        ('[update]\nname = "leveled"\nlevel = -2147483648\n', f"update.level: expected {INT_LIMIT}, got -2147483648"),
+        ('[data]\ncrop = { padding = 9223372036854775807 }\n',
+         f"data.crop.padding: expected {INT_LIMIT}, got 9223372036854775807"),
+        ('[run]\nout_dir = "a\\u0000b"\n', 'run.out_dir: expected a string without NUL characters, got "a\\u0000b"'),
+        ('[data]\nname = "noise"\ncache = "\\u0000"\n',
+         'data.cache: expected a string without NUL characters, got "\\u0000"'),
+    ],
+)
+def test_numbers_beyond_what_torch_takes_and_nul_characters_are_rejected(tmp_path, capsys, text, expected):
+    message, path = check_file(tmp_path, capsys, text)
+    assert message == f"{path}: {expected}"
+
+
+def test_component_params_validator_reports_the_key_path(tmp_path, capsys):
+    message, path = check_file(tmp_path, capsys, '[precision]\nname = "spiking"\nbase = -1\n')
+    assert message == f"{path}: precision.base: 'base' must be >= 0: -1.0"
 
 
 def test_builtin_component_rules_stop_a_run_before_anything_is_written(tmp_path, capsys, builtin_registry):
@@ -316,6 +360,24 @@ def test_error_in_a_base_file_names_the_base_file(tmp_path, capsys):
         f"{base}: inference.steps: expected an integer >= 0, got -3; "
         f"{child}: train.epochs: expected an integer >= 1, got 0"
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("[inference]\nsteps = 3\nlr = 0.5\nsteps = 4\n[train]\nepochs = 2\n",
+         "inference.steps is defined twice (line 4)"),
+        ('[run]\nname = "a"\n[train]\nepochs = 1\n[run]\nseeds = [1]\n', "the table [run] is defined twice (line 5)"),
+        ("[model]\nhidden = [\n  8,\n  4,\n]\nhidden = [\n  2,\n]\n", "model.hidden is defined twice (line 6)"),
+        ("[data]\ncrop = { padding = 2, padding = 4 }\n",
+         "the key padding is defined twice in one inline table (line 2)"),
+        ('[data]\n"batch_size" = 1\nbatch_size = 2\n', "data.batch_size is defined twice (line 3)"),
+        ("extends = 'a.toml'\nextends = 'b.toml'\n", "extends is defined twice (line 2)"),
+    ],
+)
+def test_a_key_defined_twice_is_named_with_its_line(tmp_path, capsys, text, expected):
+    message, path = check_file(tmp_path, capsys, text)
+    assert message == f"{path}: invalid TOML: {expected}"
 
 
 def test_invalid_toml_in_a_base_file_names_the_base_file(tmp_path, capsys):

@@ -15,7 +15,6 @@ import torch
 from pccore import training
 from pccore.checkpoint import (
     CheckpointError,
-    atomic_write_bytes,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
@@ -23,6 +22,7 @@ from pccore.checkpoint import (
 )
 from pccore.cli import main
 from pccore.data import BatchFeeder
+from pccore.files import OutputError, atomic_write_bytes
 from tests.test_training import write_recipe
 
 # --- checkpoint files ----------------------------------------------------------------------------
@@ -45,11 +45,14 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path, monk
     atomic_write_bytes(target, b"old")
 
     def failing_fsync(fd: int) -> None:
-        raise OSError("disk full")
+        raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError) as caught:
         atomic_write_bytes(target, b"new")
+    assert str(caught.value) == (
+        f"cannot write {target}: No space left on device: the disk is full (its earlier version is unchanged)"
+    )
     assert target.read_bytes() == b"old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
 
@@ -139,10 +142,12 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch, c
     assert not (cut / "seed_0" / "summary.json").exists()
     assert not (cut / "seed_1").exists()
     assert load_checkpoint(cut / "seed_0" / "checkpoint.pt")["state"]["epochs_done"] == 1
+    assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
 
     monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
     assert main(["run", "--resume", str(cut)]) == 0
     assert "seed 0: resuming after epoch 1" in capsys.readouterr().out
+    assert json.loads((cut / "run.json").read_text())["status"] == "finished"
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())
     resumed = json.loads((cut / "summary.json").read_text())
     for seed in (0, 1):

@@ -232,7 +232,8 @@ def test_evaluate_without_batches_is_an_error() -> None:
 def test_a_seed_listed_twice_is_refused(tmp_path: Path, capsys) -> None:
     recipe = write_recipe(tmp_path, seeds=[1, 2, 1])
     assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 2
-    assert "run.seeds lists a seed twice ([1, 2, 1])" in capsys.readouterr().err
+    assert "run.seeds: expected a non-empty list of distinct seeds >= 0 (each seed gets its own folder), " \
+        "got [1, 2, 1]" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 
