@@ -253,3 +253,16 @@ def test_a_bad_plot_path_is_a_usage_error_before_any_work(recipe, tmp_path, caps
     assert captured.out == ""
     assert "does not exist; create it first" in captured.err and "Traceback" not in captured.err
 
+
+
+@pytest.mark.parametrize("command,example", [
+    ("diagnose", "pccore diagnose recipes/quickstart.toml --plot diagnosis.png"),
+    ("schedule", "pccore schedule recipes/vgg10_cifar10_sf.toml --plot spiking.png"),
+])
+def test_help_shows_the_plot_option_with_an_example(capsys, command, example):
+    with pytest.raises(SystemExit) as done:
+        main([command, "--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "--plot FILE.png" in text and 'pip install "pccore[plot]"' in " ".join(text.split())
+    assert example in text
