@@ -34,6 +34,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -105,8 +106,19 @@ def _as_set_arguments(overrides: Overrides) -> list[str]:
     if isinstance(overrides, str):
         return [overrides]
     if isinstance(overrides, Mapping):
-        return [f"{key}={_toml_literal(key, value)}" for key, value in overrides.items()]
+        return [f"{key}={_toml_literal(key, _python_value(value))}" for key, value in overrides.items()]
     return list(overrides)
+
+
+def _python_value(value: Any) -> Any:
+    """NumPy scalars and arrays (a sweep's np.linspace values) as the Python numbers and lists they hold."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if isinstance(value, (list, tuple)):
+        return [_python_value(v) for v in value]
+    if isinstance(value, Mapping):
+        return {k: _python_value(v) for k, v in value.items()}
+    return value
 
 
 def _toml_literal(key: str, value: Any) -> str:
@@ -137,7 +149,7 @@ def _as_assignments(overrides: Overrides) -> list[tuple[str, Any, str]]:
     if overrides is None:
         return []
     if isinstance(overrides, Mapping):
-        return [(str(key), value, f"{key!s}") for key, value in overrides.items()]
+        return [(str(key), _python_value(value), str(key)) for key, value in overrides.items()]
     out = []
     for argument in [overrides] if isinstance(overrides, str) else overrides:
         key, sep, text = str(argument).partition("=")
@@ -150,14 +162,17 @@ def _as_assignments(overrides: Overrides) -> list[tuple[str, Any, str]]:
 def _parse_value(text: str, argument: str) -> Any:
     """A `--set` value: a TOML value, or a bare word taken as a string."""
     try:
-        return tomllib.loads("v = " + text)["v"]
+        parsed = tomllib.loads("v = " + text)
     except tomllib.TOMLDecodeError:
+        parsed = None
         if _BARE_WORD.fullmatch(text.strip()):
             return text.strip()
+    if parsed is None or set(parsed) != {"v"}:
         raise RecipeError(
-            f"override {argument!r}: {text!r} is not a TOML value; write numbers, true/false, [lists] or "
-            '"quoted strings"'
-        ) from None
+            f"override {argument!r}: {text!r} is not a single TOML value; write numbers, true/false, [lists] "
+            'or "quoted strings"'
+        )
+    return parsed["v"]
 
 
 def _from_dict(data: Mapping[str, Any], overrides: Overrides, registry: Any, source: Path | None) -> Recipe:

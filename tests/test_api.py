@@ -10,6 +10,7 @@ import pydoc
 from pathlib import Path
 
 import attrs
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -125,6 +126,15 @@ def test_mapping_overrides_equal_set_strings(tmp_path):
     assert pccore.load_recipe(str(path), strings) == from_mapping
 
 
+def test_numpy_values_count_as_python_values(tmp_path):
+    mapping = {"inference.steps": np.int64(5), "inference.lr": np.float32(0.5), "inference.nesterov": np.bool_(False),
+               "run.seeds": np.arange(2)}
+    for source in (write_recipe(tmp_path), {}):
+        recipe = pccore.load_recipe(source, mapping)
+        assert (recipe.inference.steps, recipe.inference.lr, recipe.inference.nesterov) == (5, 0.5, False)
+        assert recipe.run.seeds == [0, 1] and type(recipe.run.seeds[0]) is int
+
+
 def test_dict_recipes_take_both_override_forms():
     raw = {"model": {"name": "mlp", "hidden": [8]}, "precision": {"name": "spiking"}}
     assert pccore.load_recipe(raw, ["precision.name=decaying", "inference.steps=3"]) == pccore.load_recipe(
@@ -144,7 +154,8 @@ def test_dict_recipes_take_both_override_forms():
         ({"inference.stepz": 3}, 'inference.stepz: unknown key; did you mean "steps"?'),
         ({"inference": 3}, "expected a key SECTION.KEY"),
         (["inference.steps"], "expected SECTION.KEY=VALUE"),
-        (["inference.steps=[1,"], "is not a TOML value"),
+        (["inference.steps=[1,"], "is not a single TOML value"),
+        (["inference.steps=1\nlr = 2"], "is not a single TOML value"),
         ({"inference.lr": -1.0}, "inference.lr: expected a number > 0, got -1.0"),
         ({"run.name": None}, "run.name: expected a string, got None"),
     ],
