@@ -142,8 +142,9 @@ def _ticks(count: int, start: int = 1) -> list[int]:
 
 def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
     """The paper's kind of figure for one batch: a heatmap of every layer's energy at every inference step
-    (log colour scale; zeros below the wavefront are masked, drawn grey) beside a bar per layer of the
-    cosine between its weight update and the backprop gradient.
+    (log colour scale; zeros, below the wavefront or underflowed above it, are masked and drawn grey)
+    beside a bar per layer of the cosine between its weight update and the backprop gradient ("n/a"
+    where the update is all zeros).
 
     `report` is what `pccore.diagnose_recipe` (or `pccore diagnose --json`) returns: `energy` [t][l] and
     `cosine_to_bp` [l]. Returns a matplotlib Figure.
@@ -165,7 +166,8 @@ def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
         _step_axis(heat_ax, steps)
     else:
         heat_ax.text(0.5, 0.5, "no inference steps", ha="center", va="center", transform=heat_ax.transAxes)
-    heat_ax.set_title("energy per layer and step (grey: no error yet, below the wavefront)", fontsize="medium")
+    heat_ax.set_title("energy per layer and step (grey: zero; below the dashed wavefront no error has arrived)",
+                      fontsize="medium")
     _layer_axis(heat_ax, layers)
 
     positions = list(range(layers))
