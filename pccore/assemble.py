@@ -74,6 +74,18 @@ def autocast_dtype(recipe, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16
 
 
+def prepare_blocks(norm: Any, model: nn.ModuleList, label: str) -> None:
+    """Let the normalisation policy take control of the blocks' own normalisation layers (its optional
+    `prepare` hook); `label` names the policy in the UsageError raised when it refuses the blocks."""
+    prepare = getattr(norm, "prepare", None)
+    if prepare is None:
+        return
+    try:
+        prepare(model)
+    except ValueError as err:
+        raise UsageError(f"{label}: {err}") from None
+
+
 def compile_blocks(model: nn.ModuleList) -> nn.ModuleList:
     """Each block compiled on its own, with static shapes. The blocks share their Python code (e.g.
     nn.Sequential.forward), which dynamo counts against one recompile limit: raise it so that every block,
@@ -198,6 +210,7 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
     limits.check_table_size(recipe.inference.steps, len(blocks))
     dtype = DTYPES[recipe.run.dtype]
     model = nn.ModuleList(blocks).to(device=device, dtype=dtype)
+    prepare_blocks(built["normalization"], model, f"normalization '{recipe.normalization.name}'")
     if recipe.run.channels_last:
         model = model.to(memory_format=torch.channels_last)
     table = built["precision"].table(len(model), recipe.inference.steps)

@@ -17,7 +17,7 @@ examples:
   pccore run recipes/vgg10_cifar10_sf_bf.toml --set inference.steps=14 --device cuda
   pccore recipe show recipes/quickstart.toml
   pccore schedule recipes/vgg5_cifar10_sf.toml --json
-  pccore diagnose recipes/quickstart.toml --smoke
+  pccore diagnose recipes/quickstart.toml --smoke --plot diagnosis.png
   pccore bench recipes/vgg5_cifar10_sf_bf.toml --steps 10
   pccore plugins --json
   pccore --debug run recipes/quickstart.toml --smoke    (a traceback with any error)
@@ -98,18 +98,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     schedule = _sub(subs, "schedule", "print the precision table pi[t][l] a recipe will use",
                     "  pccore schedule recipes/vgg5_cifar10_sf.toml\n"
-                    "  pccore schedule recipes/vgg5_cifar10_df.toml --set precision.k=1.5 --json\n")
+                    "  pccore schedule recipes/vgg5_cifar10_df.toml --set precision.k=1.5 --json\n"
+                    "  pccore schedule recipes/vgg10_cifar10_sf.toml --plot spiking.png\n")
     _add_recipe_args(schedule)
     schedule.add_argument("--json", action="store_true", help="machine-readable output")
+    schedule.add_argument("--plot", metavar="FILE.png",
+                          help='also draw the table as a heatmap into FILE.png (needs pip install "pccore[plot]")')
 
     diagnose = _sub(subs, "diagnose",
                     "run one batch: per-layer energy at every step, cosine of each layer's update to backprop",
                     "  pccore diagnose recipes/quickstart.toml\n"
-                    "  pccore diagnose recipes/vgg10_cifar10_sf_bf.toml --smoke --json\n")
+                    "  pccore diagnose recipes/vgg10_cifar10_sf_bf.toml --smoke --json\n"
+                    "  pccore diagnose recipes/quickstart.toml --plot diagnosis.png\n")
     _add_recipe_args(diagnose)
     diagnose.add_argument("--smoke", action="store_true", help="random data shaped like the dataset")
     diagnose.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     diagnose.add_argument("--json", action="store_true", help="machine-readable output")
+    diagnose.add_argument("--plot", metavar="FILE.png",
+                          help="also draw the energy heatmap (log scale) beside the cosines to backprop into "
+                               'FILE.png (needs pip install "pccore[plot]")')
 
     bench = _sub(subs, "bench", "time training steps of a recipe against backprop on the same model",
                  "  pccore bench recipes/vgg5_cifar10_sf_bf.toml --set model.width=0.25 --steps 5\n")

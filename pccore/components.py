@@ -66,8 +66,18 @@ class PrecisionSchedule(Protocol):
 
 @runtime_checkable
 class NormalizationPolicy(Protocol):
-    """May also set `pure_inference = True`: during inference a block's output then depends on its input
-    alone (no statistics are updated), so the engine reuses f_1(x^0) = mu^1_0 instead of recomputing it."""
+    """How the normalisation layers of the blocks behave in each pass.
+
+    Two optional members (see OPTIONAL_MEMBERS):
+
+    - `pure_inference = True`: during inference a block's output then depends on its input alone (no
+      statistics are updated), so the engine reuses f_1(x^0) = mu^1_0 instead of recomputing it.
+    - `prepare(model: nn.Module) -> None`: called once with the blocks (an `nn.ModuleList`) before training
+      and before compilation, so the policy can take control of normalisation layers it did not make with
+      `layer` (blocks written by hand hold plain `nn.BatchNorm2d`s). It adapts them in place, keeping the
+      module objects and their parameters (an optimizer made beforehand stays valid), or raises
+      ValueError when the blocks hold layers the policy cannot control.
+    """
 
     def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
         """The normalisation layer an architecture places after a conv (spatial_dims=2) or linear
@@ -186,6 +196,16 @@ class Dataset(Protocol):
         """Load (downloading if allowed) or raise `pccore.errors.DatasetUnavailable`."""
         ...
 
+
+OPTIONAL_MEMBERS: dict[str, tuple[str, ...]] = {
+    "precision": (),
+    "update": (),
+    "normalization": ("pure_inference", "prepare"),
+    "nudging": (),
+    "architecture": (),
+    "dataset": (),
+}
+"""Members a component may have beyond its protocol; the core uses them when they are present."""
 
 PROTOCOLS: dict[str, type] = {
     "precision": PrecisionSchedule,

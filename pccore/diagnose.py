@@ -1,14 +1,20 @@
-"""`pccore schedule` and `pccore diagnose`: look inside a recipe without training it."""
+"""`pccore schedule` and `pccore diagnose`: look inside a recipe without training it.
+
+`schedule_report` and `diagnose_report` make the data both commands print (and `pccore.precision_schedule`
+and `pccore.diagnose_recipe` return); `--plot FILE.png` draws it with `pccore.figures`.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 
 import torch
 
 from pccore.assemble import DTYPES, assemble, preflight, resolve_device
 from pccore.components import DataSpec, PrecisionTable
+from pccore.engine import PCEngine
 
 
 def _load(args):
@@ -47,20 +53,48 @@ def _print_grid(title: str, row_label: str, rows: list[list[float]], layers: int
         print(f"{label:<8}" + " ".join(c.rjust(width) for c in row))
 
 
-def schedule_command(args) -> int:
-    recipe, registry = _load(args)
+def schedule_report(recipe, registry) -> dict:
+    """The precision table as plain data: `layers`, `steps`, `inference` [t][l] and `learning` [l]."""
     table = precision_table(recipe, registry)
-    inference = table.inference.tolist()
-    learning = table.learning.tolist()
+    return {"layers": table.layers, "steps": table.steps, "inference": table.inference.tolist(),
+            "learning": table.learning.tolist()}
+
+
+def _plot_target(args):
+    """The checked `--plot` path (before any work is done), or None without --plot."""
+    if not getattr(args, "plot", None):
+        return None
+    from pccore.figures import check_png_path
+
+    return check_png_path(args.plot)
+
+
+def _save_plot(figure, target) -> None:
+    from pccore.figures import save_png
+
+    save_png(figure, target)
+    print(f"figure written to {target}", file=sys.stderr)
+
+
+def schedule_command(args) -> int:
+    """`pccore schedule RECIPE [--set ...] [--json] [--plot FILE.png]`."""
+    target = _plot_target(args)
+    recipe, registry = _load(args)
+    report = schedule_report(recipe, registry)
+    layers, steps = report["layers"], report["steps"]
     if args.json:
-        print(json.dumps({"layers": table.layers, "steps": table.steps, "inference": inference,
-                          "learning": learning}))
-        return 0
-    labels = [f"t={t}" for t in range(table.steps)] + ["learn"]
-    _print_grid(
-        f"precision pi[t][l] of '{recipe.precision.name}': {table.layers} layers, {table.steps} inference steps",
-        labels, inference + [learning], table.layers,
-    )
+        print(json.dumps(report))
+    else:
+        labels = [f"t={t}" for t in range(steps)] + ["learn"]
+        _print_grid(
+            f"precision pi[t][l] of '{recipe.precision.name}': {layers} layers, {steps} inference steps",
+            labels, report["inference"] + [report["learning"]], layers,
+        )
+    if target is not None:
+        from pccore.figures import plot_schedule
+
+        title = f"{recipe.run.name}: precision '{recipe.precision.name}', {layers} layers, T = {steps}"
+        _save_plot(plot_schedule(report, title=title), target)
     return 0
 
 
@@ -69,11 +103,13 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a @ b) / denom) if denom > 0 else math.nan
 
 
-def diagnose_batch(assembly, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """Per-step, per-layer energies (averaged over the batch) of one batch's inference, and the cosine
-    between each layer's recipe update and the backprop gradient of the output loss, same weights and batch."""
-    engine = assembly.engine
-    model = assembly.blocks
+def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
+    """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean,
+    `energy` [t][l], zero below the wavefront) and the cosine between each block's weight update and the
+    backprop gradient of the output loss on the same weights and batch (`cosine_to_bp` [l]; NaN for a
+    block without gradient), plus `layers`, `steps`, `loss` and `bp_loss`. The weights, BatchNorm
+    statistics and gradients are left as they were."""
+    model = engine.model
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
@@ -129,20 +165,34 @@ def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple
     return spec, x, y
 
 
-def diagnose_command(args) -> int:
-    recipe, registry = _load(args)
-    device = resolve_device(args.device or recipe.run.device)
-    spec, x, y = first_batch(recipe, registry, device, smoke=args.smoke)
+def diagnose_report(recipe, registry, device: torch.device, *, smoke: bool) -> dict:
+    """`diagnose_batch` on the recipe's first training batch, with the model initialised from the first
+    seed (random data shaped like the dataset with `smoke`)."""
+    spec, x, y = first_batch(recipe, registry, device, smoke=smoke)
     torch.manual_seed(recipe.run.seeds[0])
     assembly = assemble(recipe, spec, device, registry)
-    report = diagnose_batch(assembly, x, y)
+    return diagnose_batch(assembly.engine, x, y)
+
+
+def diagnose_command(args) -> int:
+    """`pccore diagnose RECIPE [--set ...] [--smoke] [--device D] [--json] [--plot FILE.png]`."""
+    target = _plot_target(args)
+    recipe, registry = _load(args)
+    device = resolve_device(args.device or recipe.run.device)
+    report = diagnose_report(recipe, registry, device, smoke=args.smoke)
+    L, T = report["layers"], report["steps"]
     if args.json:
         print(json.dumps(report))
-        return 0
-    L, T = report["layers"], report["steps"]
-    _print_grid(f"energy per layer at each inference step (batch mean), {L} layers, {T} steps",
-                [f"t={t}" for t in range(T)], report["energy"], L)
-    print()
-    _print_grid("cosine of each layer's weight update to the backprop gradient", ["cos"],
-                [report["cosine_to_bp"]], L)
+    else:
+        _print_grid(f"energy per layer at each inference step (batch mean), {L} layers, {T} steps",
+                    [f"t={t}" for t in range(T)], report["energy"], L)
+        print()
+        _print_grid("cosine of each layer's weight update to the backprop gradient", ["cos"],
+                    [report["cosine_to_bp"]], L)
+    if target is not None:
+        from pccore.figures import plot_diagnosis
+
+        title = (f"{recipe.run.name}: {recipe.precision.name} precision, {recipe.update.name} update, "
+                 f"{recipe.normalization.name} normalization{' (smoke data)' if args.smoke else ''}")
+        _save_plot(plot_diagnosis(report, title=title), target)
     return 0

@@ -63,7 +63,9 @@ def pccore_register_update() -> Iterable[Component]:
 @hookspec
 def pccore_register_normalization() -> Iterable[Component]:
     """Normalisation policies: the factory returns an object with `layer(num_features, spatial_dims)`
-    (the module to place after a conv or linear layer, or None) and `set_phase(model, phase)`.
+    (the module to place after a conv or linear layer, or None) and `set_phase(model, phase)`, and
+    optionally `pure_inference` and `prepare(model)` (take control of normalisation modules the blocks
+    brought themselves, in place; see `pccore.components.NormalizationPolicy`).
 
     Example::
 

@@ -4,7 +4,6 @@ points along the backprop gradient of the output loss; standard PC with the same
 import pytest
 import torch
 
-from pccore.assemble import Assembly
 from pccore.components import NoParams
 from pccore.diagnose import diagnose_batch
 from pccore.engine import PCEngine
@@ -32,7 +31,7 @@ def cosines(case: str, update) -> list[float]:
                       Clamp(NoParams()), steps=T, lr=0.8, momentum=0.1, nesterov=True, num_classes=10)
     x = torch.randn(32, *shape, dtype=torch.float64)
     y = torch.randint(0, 10, (32,))
-    return diagnose_batch(Assembly(blocks, engine, engine.table, {}), x, y)["cosine_to_bp"]
+    return diagnose_batch(engine, x, y)["cosine_to_bp"]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -15,7 +15,7 @@ import torch
 
 import pccore
 from pccore import hookspecs
-from pccore.components import KINDS, PROTOCOLS, DataSpec, ImageData, PrecisionTable
+from pccore.components import KINDS, OPTIONAL_MEMBERS, PROTOCOLS, DataSpec, ImageData, PrecisionTable
 from pccore.plugins import Registry
 
 GUIDE_PATH = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
@@ -94,6 +94,17 @@ def test_guide_describes_each_protocol(kind):
     assert f"`{protocol.__name__}`" in section
     for member in _members(protocol):
         assert f"`{member}" in section, f"the {kind} section does not describe {protocol.__name__}.{member}"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_guide_describes_each_optional_member(kind):
+    section = _sections()[f"pccore_register_{kind}"]
+    protocol_doc = inspect.getdoc(PROTOCOLS[kind]) or ""
+    for member in OPTIONAL_MEMBERS[kind]:
+        assert re.search(rf"^- `{member}\b", section, flags=re.MULTILINE), (
+            f"the {kind} section has no bullet describing the optional `{member}`"
+        )
+        assert f"`{member}" in protocol_doc, f"{PROTOCOLS[kind].__name__}'s docstring lacks `{member}`"
 
 
 def test_guide_mentions_loading_controls():
