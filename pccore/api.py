@@ -28,8 +28,6 @@ import io
 import json
 import math
 import os
-import re
-import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -43,11 +41,7 @@ from pccore.engine import PCEngine
 from pccore.errors import RecipeError, UsageError
 from pccore.recipe import Recipe, recipe_from_dict, recipe_to_dict
 from pccore.recipe import load_recipe as _load_recipe_file
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
+from pccore.recipe.load import parse_override_value
 
 RecipeSource = str | os.PathLike | Mapping[str, Any] | Recipe
 """A recipe: a TOML file's path, a dict of sections as the TOML would parse, or a loaded `Recipe`."""
@@ -63,8 +57,6 @@ COMPONENT_ARGUMENTS: dict[str, str] = {
     "nudging": "nudging",
 }
 """make_engine's component arguments and the kind of component each names (also its recipe section)."""
-
-_BARE_WORD = re.compile(r"[A-Za-z_./~][^\s\"'\[\]{},=#]*")
 
 
 def _registry(registry: Any) -> Any:
@@ -155,24 +147,8 @@ def _as_assignments(overrides: Overrides) -> list[tuple[str, Any, str]]:
         key, sep, text = str(argument).partition("=")
         if not sep:
             raise RecipeError(f"override {argument!r}: expected SECTION.KEY=VALUE, e.g. inference.steps=14")
-        out.append((key.strip(), _parse_value(text, argument), str(argument)))
+        out.append((key.strip(), parse_override_value(text, f"override {str(argument)!r}"), str(argument)))
     return out
-
-
-def _parse_value(text: str, argument: str) -> Any:
-    """A `--set` value: a TOML value, or a bare word taken as a string."""
-    try:
-        parsed = tomllib.loads("v = " + text)
-    except tomllib.TOMLDecodeError:
-        parsed = None
-        if _BARE_WORD.fullmatch(text.strip()):
-            return text.strip()
-    if parsed is None or set(parsed) != {"v"}:
-        raise RecipeError(
-            f"override {argument!r}: {text!r} is not a single TOML value; write numbers, true/false, [lists] "
-            'or "quoted strings"'
-        )
-    return parsed["v"]
 
 
 def _from_dict(data: Mapping[str, Any], overrides: Overrides, registry: Any, source: Path | None) -> Recipe:

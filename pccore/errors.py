@@ -33,3 +33,7 @@ class DeviceUnavailable(UsageError):
 
 class DivergenceError(PccoreError):
     """A non-finite energy or loss; the message names the epoch, batch and layer."""
+
+
+class MissingDependency(PccoreError):
+    """An optional dependency is not installed; the message says which extra provides it."""

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pccore.errors import PccoreError, UsageError
+from pccore.errors import MissingDependency, UsageError
 
 PLOT_EXTRA = 'pip install "pccore[plot]"'
 
@@ -31,10 +31,6 @@ log colour scale (the spiking table spans peak / base = 1000); a narrower one on
 
 MASKED_COLOR = "#d9d9d9"
 """Cells without a value on the log scale: zero energy below the wavefront, or a zero precision."""
-
-
-class MissingDependency(PccoreError):
-    """An optional dependency is not installed; the message says which extra provides it."""
 
 
 def _matplotlib() -> Any:

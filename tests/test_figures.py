@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 
 from pccore import figures
 from pccore.cli import main
-from pccore.errors import UsageError
-from pccore.figures import MissingDependency, plot_diagnosis, plot_schedule, save_png
+from pccore.errors import MissingDependency, UsageError
+from pccore.figures import plot_diagnosis, plot_schedule, save_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -130,19 +130,20 @@ def _shown(argument: str) -> str:
     return argument if argument.isprintable() else repr(argument)
 
 
-def _parse_value(text: str, argument: str) -> Any:
-    """An override's value: a TOML value, or a bare word (taken as a string)."""
+def parse_override_value(text: str, label: str) -> Any:
+    """An override's value: a TOML value, or a bare word (taken as a string). `label` names the override
+    in the error message (e.g. `--set inference.lr=x`)."""
     try:
         parsed = tomllib.loads("v = " + text)
     except tomllib.TOMLDecodeError as err:
         if _BARE_WORD.fullmatch(text.strip()):
             return text.strip()
         raise RecipeError(
-            f"--set {_shown(argument)}: malformed value {text!r}: not a TOML value ({one_line(str(err))}); "
+            f"{label}: malformed value {text!r}: not a single TOML value ({one_line(str(err))}); "
             'write numbers, true/false, [lists] or "quoted strings"'
         ) from None
     if set(parsed) != {"v"}:
-        raise RecipeError(f"--set {_shown(argument)}: malformed value {text!r}: expected a single TOML value")
+        raise RecipeError(f"{label}: malformed value {text!r}: not a single TOML value")
     return parsed["v"]
 
 
@@ -158,7 +159,7 @@ def _parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any, str]
             )
         if section not in SECTION_CLASSES:
             raise RecipeError(f"--set {_shown(argument)}: {unknown(f'section {section!r}', section, SECTIONS)}")
-        parsed.append((section, field, _parse_value(text, argument), argument))
+        parsed.append((section, field, parse_override_value(text, f"--set {_shown(argument)}"), argument))
     return parsed
 
 
