@@ -31,7 +31,8 @@ JOURNAL_PREFIX = "journal:"
 DEFAULT_STORAGE_FILE = "study.db"
 HEARTBEAT_ATTR = "heartbeat"
 WORKER_ATTR = "worker"
-DRIVERS = {"postgresql": "psycopg2-binary (or psycopg)", "mysql": "pymysql (with mysql+pymysql://)"}
+DRIVERS = {"postgresql": "psycopg[binary] (or psycopg2-binary for postgresql+psycopg2://)",
+           "mysql": "pymysql (with mysql+pymysql://)"}
 
 
 def heartbeat_interval(grace_period: int) -> int:
@@ -76,11 +77,13 @@ def open_storage(storage: str | None, out_dir: Path, grace_period: int = DEFAULT
                 url, engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval(grace_period),
                 grace_period=grace_period,
             )
-    except ModuleNotFoundError as err:
+    except ImportError as err:  # Optuna wraps the driver's ModuleNotFoundError
+        missing = err if isinstance(err, ModuleNotFoundError) else err.__cause__
+        name = getattr(missing, "name", None) or "?"
         dialect = url.partition("://")[0].partition("+")[0]
-        hint = DRIVERS.get(dialect, f"the Python driver {err.name}")
+        hint = DRIVERS.get(dialect, f"the Python driver {name}")
         raise MissingDependency(
-            f"the storage {shown} needs the database driver {err.name!r}, which is not installed: pip install {hint}"
+            f"the storage {shown} needs the database driver {name!r}, which is not installed: pip install {hint}"
         ) from None
     except Exception as err:  # sqlalchemy's ArgumentError, NoSuchModuleError, OperationalError...
         kind = type(err).__name__

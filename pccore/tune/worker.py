@@ -41,7 +41,7 @@ POLL_S = 1.0
 """How often a worker that waits for other workers' running trials looks again."""
 FAILURES_IN_A_ROW = 5
 """A worker whose trials fail this many times in a row stops: the study, not a sampled value, is wrong."""
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STATE_WORDS = {TrialState.COMPLETE: "complete", TrialState.PRUNED: "pruned", TrialState.FAIL: "failed"}
 
 
 class TrialFailed(Exception):
@@ -184,8 +184,7 @@ class Worker:
             return self._objective(trial)
 
         try:
-            self.handle.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[self._report],
-                                 gc_after_trial=True)
+            self.handle.optimize(objective, n_trials=1, catch=(TrialFailed,), callbacks=[self._report])
         except optuna.exceptions.UpdateFinishedTrialError:
             self._say("note: a trial of this worker had been marked failed by another worker (its heartbeat "
                       "was late); the study goes on")
@@ -254,7 +253,7 @@ class Worker:
         else:
             self.failures.clear()
         counts = count_trials(handle)
-        state = trial.state.name.lower()
+        state = STATE_WORDS.get(trial.state, trial.state.name)
         if trial.state == TrialState.COMPLETE:
             what = f"value {trial.value:.4f}"
         else:
