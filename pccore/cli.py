@@ -180,8 +180,8 @@ def _add_sweep(subs) -> None:
                  "  pccore sweep recipes/quickstart.toml --seeds 0-9 --out runs/quick   (again: skips finished "
                  "seeds, resumes the others)\n")
     sweep.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files (TOML)")
-    sweep.add_argument("--seeds", default="0", help="seeds, e.g. 0-4 or 0,1,2 (default 0)")
-    sweep.add_argument("--out", required=True, metavar="DIR", help="the sweep folder: DIR/<run name>/seed_<n>/")
+    sweep.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,1,2 (default: each recipe's run.seeds)")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (required): DIR/<run name>/seed_<n>/")
     sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each its own process (default 1)")
     sweep.add_argument("--devices", metavar="LIST", help="devices for the workers, round-robin, e.g. cuda:0,cuda:1")
     sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -189,6 +189,8 @@ def _add_sweep(subs) -> None:
     sweep.add_argument("--timeout", type=float, metavar="SECONDS",
                        help="stop a run that takes longer (its checkpoint is kept; a later sweep resumes it)")
     sweep.add_argument("--json", action="store_true", help="machine-readable output (progress lines go to stderr)")
+    sweep.add_argument("--train-seed", type=int, help=argparse.SUPPRESS)
+    sweep.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
 
 
 def _add_report(subs) -> None:

@@ -280,6 +280,12 @@ def _run_name(recipe: Any) -> str:
     return Path(source).stem if source else "run"
 
 
+def start_run(recipe: Any, out_dir: Path) -> Path:
+    """Make the run directory `out_dir` for `recipe` (run.json, recipe.toml) without training anything, for
+    processes that then train its seeds (`pccore sweep`); UsageError when it holds a run already."""
+    return _start_run(recipe, Path(out_dir), smoke=False)
+
+
 def _start_run(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
     """Make the run directory and write `run.json` (status "running") and `recipe.toml` into it; when
     that fails, remove what was made, so that no half-made run directory is left behind."""
@@ -326,6 +332,12 @@ def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> tuple[Path,
         except OSError as err:
             raise OutputError(f"cannot create the run directory {candidate}: {err.strerror or err}") from None
         return candidate, True
+
+
+def record_status(run_dir: Path, status: str, **details: Any) -> None:
+    """Set the status in a run directory's run.json, with details such as `error` (None removes a key),
+    for callers that train a run's seeds in their own processes (`pccore sweep`)."""
+    _update_run_info(Path(run_dir), status=status, **details)
 
 
 def _update_run_info(run_dir: Path, **changes: Any) -> None:
