@@ -10,6 +10,7 @@ integers; `log = true` or `step = ...` optional) or a choice list `{ choices = [
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -238,7 +239,7 @@ def read_study(path: str | Path, trials: int | None = None) -> Study:
     if fixed_searched:
         raise UsageError(f"{path}: [space] {fixed_searched[0]}: the validation split cannot be searched (every trial "
                          "must be scored on the same images); set it in [set]")
-    recipe_path = path.parent / settings.recipe
+    recipe_path = Path(os.path.normpath(path.parent / settings.recipe))
     if not recipe_path.is_file():
         raise UsageError(f"{path}: recipe: file not found: {recipe_path} (paths are relative to the study file)")
     return Study(path, settings, recipe_path, fixed, space)
