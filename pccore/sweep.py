@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -117,24 +119,25 @@ def prepare_run(recipe: Any, source: str, out: Path, seeds: list[int], registry:
     return run
 
 
-def plan(args: argparse.Namespace, registry: Any) -> list[SweepRun]:
-    """Every recipe loaded (with --set) and checked, and its run directory under --out prepared."""
+def plan(recipes: Sequence[str | os.PathLike[str]], out: Path, seeds: str | None, overrides: Sequence[str],
+         registry: Any) -> list[SweepRun]:
+    """Every recipe loaded (with the overrides) and checked, and its run directory under `out` prepared."""
     from pccore.recipe import load_recipe
 
     loaded = []
     names: dict[str, str] = {}
-    for source in args.recipes:
-        recipe = load_recipe(source, args.overrides, registry=registry)
+    for source in map(str, recipes):
+        recipe = load_recipe(source, overrides, registry=registry)
         if recipe.run.name in names:
             raise UsageError(
                 f"{source} and {names[recipe.run.name]} both have the run name {recipe.run.name!r}, so they would "
                 "share DIR/<run name>; give one of them another run.name"
             )
         names[recipe.run.name] = source
-        seeds = parse_seeds(args.seeds) if args.seeds is not None else [int(s) for s in recipe.run.seeds]
-        loaded.append((recipe, source, seeds))
-    out = make_folder(Path(args.out), "the sweep folder (--out)")
-    return [prepare_run(recipe, source, out, seeds, registry) for recipe, source, seeds in loaded]
+        chosen = parse_seeds(seeds) if seeds is not None else [int(s) for s in recipe.run.seeds]
+        loaded.append((recipe, source, chosen))
+    out = make_folder(Path(out), "the sweep folder (--out)")
+    return [prepare_run(recipe, source, out, chosen, registry) for recipe, source, chosen in loaded]
 
 
 @attrs.define
@@ -280,31 +283,58 @@ def sweep_command(args: argparse.Namespace) -> int:
     """`pccore sweep`: plan, run and report; 0 when every seed finished, 1 otherwise."""
     if args.train_seed is not None:
         return _train_one_seed(args)
-    from pccore.plugins import get_registry
-
     if args.out is None:
         raise UsageError("pccore sweep needs --out DIR, the folder that holds one run directory per recipe")
-    check_workers(args.workers)
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout {args.timeout:g}: expected a number of seconds > 0")
-    devices = parse_devices(args.devices)
-    runs = plan(args, get_registry())
     progress = sys.stderr if args.json else sys.stdout
+    result = sweep_recipes(args.recipes, out=args.out, seeds=args.seeds, workers=args.workers, devices=args.devices,
+                           overrides=args.overrides, timeout=args.timeout, progress=progress,
+                           debug=bool(args.debug))
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(result["table"], flush=True)
+    return 0 if result["ok"] else 1
+
+
+def sweep_recipes(
+    recipes: Sequence[str | os.PathLike[str]],
+    *,
+    out: str | os.PathLike[str],
+    seeds: str | None = None,
+    workers: int = 1,
+    devices: str | None = None,
+    overrides: Sequence[str] = (),
+    timeout: float | None = None,
+    progress: TextIO | None = None,
+    registry: Any = None,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Train every recipe for every seed (`seeds` as `"0-4"` or `"0,1,2"`; default each recipe's
+    run.seeds) in `out/<run name>/`, each (recipe, seed) in its own process, `workers` at a time on
+    `devices` (round-robin); `timeout` stops a run after that many seconds. Returns `ok` (every seed
+    finished), `runs` (each run directory and what became of each seed) and `table` (the text summary)."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    progress = sys.stdout if progress is None else progress
+    check_workers(workers)
+    if timeout is not None and timeout <= 0:
+        raise UsageError(f"--timeout {timeout:g}: expected a number of seconds > 0")
+    device_list = parse_devices(devices)
+    runs = plan(recipes, Path(out), seeds, overrides, registry)
     jobs = sum(len(run.pending()) for run in runs)
     earlier = sum(len(run.seeds) - len(run.pending()) for run in runs)
     print(f"sweep: {len(runs)} recipe{'s' if len(runs) != 1 else ''}, {jobs + earlier} runs: {earlier} finished "
-          f"earlier (skipped), {jobs} to run, {min(args.workers, max(jobs, 1))} at a time; in {args.out}",
+          f"earlier (skipped), {jobs} to run, {min(workers, max(jobs, 1))} at a time; in {out}",
           file=progress, flush=True)
-    run_sweep(runs, args.workers, devices, args.timeout, progress, debug=bool(getattr(args, "debug", False)))
-    ok = all(run.succeeded() for run in runs)
-    if args.json:
-        print(json.dumps({"ok": ok, "runs": [
-            {"name": run.name, "recipe": run.source, "run_dir": str(run.run_dir),
-             "seeds": {str(s): run.outcome.get(s, "not run") for s in run.seeds}} for run in runs
-        ]}, indent=2))
-    else:
-        print(_report(runs), flush=True)
-    return 0 if ok else 1
+    run_sweep(runs, workers, device_list, timeout, progress, debug=debug)
+    return {
+        "ok": all(run.succeeded() for run in runs),
+        "runs": [{"name": run.name, "recipe": run.source, "run_dir": str(run.run_dir),
+                  "seeds": {str(s): run.outcome.get(s, "not run") for s in run.seeds}} for run in runs],
+        "table": _report(runs),
+    }
 
 
 def _train_one_seed(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import attrs
 import pytest
 
+import pccore
 from pccore.cli import main
 from pccore.recipe import load_recipe, recipe_to_toml
 from pccore.report import build_report
@@ -154,6 +155,13 @@ def test_plot_draws_top1_against_depth(grid: Path, tmp_path: Path) -> None:
     target = tmp_path / "depth.png"
     assert main(["report", str(grid), "--plot", str(target)]) == 0
     assert target.read_bytes().startswith(b"\x89PNG")
+    figure = pccore.plot_depth(pccore.report_runs([grid]))
+    panels = {ax.get_title(): ax for ax in figure.axes}
+    assert sorted(panels) == ["CIFAR-10", "CIFAR-10 BF", "CIFAR-100"]
+    (bars,) = [c for c in panels["CIFAR-10 BF"].containers if c.get_label() == "S+F"]
+    line = bars.lines[0]
+    assert list(line.get_xdata()) == [5, 10]  # L of VGG5 and VGG10
+    assert list(line.get_ydata()) == pytest.approx([60.0, 80.0])
 
 
 @pytest.mark.parametrize(("argv", "message"), [

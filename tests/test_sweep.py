@@ -73,7 +73,10 @@ def test_a_run_past_the_timeout_is_stopped_and_reported(tmp_path: Path, capsys) 
     assert main(["sweep", str(recipe), "--out", str(out), "--timeout", "0.5", "--json"]) == 1
     captured = capsys.readouterr()
     assert "timed out slow seed 0 after 0.5 s: its last checkpoint is kept" in captured.err
-    assert json.loads(captured.out) == {"ok": False, "runs": [
+    result = json.loads(captured.out)
+    assert result["table"].splitlines()[1].split()[:2] == ["slow", "0/1"]
+    del result["table"]
+    assert result == {"ok": False, "runs": [
         {"name": "slow", "recipe": str(recipe), "run_dir": str(out / "slow"), "seeds": {"0": "timed out after 0.5 s"}}
     ]}
     assert _json(out / "slow" / "run.json")["error"].startswith("seed 0: timed out after 0.5 s")

@@ -17,6 +17,7 @@ from typing import Any
 import optuna
 import pytest
 
+import pccore
 from pccore.cli import main
 from pccore.recipe import load_recipe
 from pccore.tune.storage import JOURNAL_PREFIX
@@ -94,6 +95,8 @@ def test_a_study_finishes_its_trials_writes_its_summary_and_a_best_recipe_that_r
     assert main(["run", str(best_recipe), "--out", str(tmp_path / "again")]) == 0
     capsys.readouterr()
 
+    # the Python API returns the summary it writes
+    assert pccore.search_study(study, out=out, quiet=True) == {**summary, "out_dir": str(out)}
     # the same command again: the study has its trials, nothing runs; more trials continue it
     assert main(["tune", str(study), "--out", str(out)]) == 0
     assert " 3 of 3 finished trials so far" in capsys.readouterr().out

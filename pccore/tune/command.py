@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -52,76 +53,124 @@ def _check_trial_folders(handle: optuna.Study, out_dir: Path, storage: str) -> N
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Check the study file, then run workers on it until it has its finished trials; write and print the
-    summary. Returns 0, or 1 when a worker process failed."""
-    from pccore.plugins import get_registry
+    """`pccore tune STUDY`: check the study file (`--check` stops there), or run it (a worker process that
+    `--workers N` started runs its trials only). Returns 0, or 1 when a worker process failed."""
+    if args.worker:
+        return _worker_process(args)
+    progress = sys.stderr if args.json else sys.stdout
+    if args.check:
+        study = read_study(args.study, args.trials)
+        check_study(study)
+        print(f"OK {study.path} (study {study.name}): recipe {study.recipe_path}, {study.settings.trials} finished "
+              f"trials wanted, searching {', '.join(study.space)}")
+        return 0
+    summary = search(args.study, trials=args.trials, workers=args.workers, devices=args.devices,
+                     storage=args.storage, out=args.out, grace_period=args.grace_period, progress=progress,
+                     debug=bool(args.debug))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(_final_text(summary), flush=True)
+    for index, code in summary.get("failed_workers", {}).items():
+        print(f"pccore: worker {index} of {args.workers} stopped with exit status {code} (its message is above)",
+              file=sys.stderr)
+    return 1 if summary.get("failed_workers") else 0
 
-    registry = get_registry()
-    check_workers(args.workers)
-    if args.grace_period < 1:
-        raise UsageError(f"--grace-period {args.grace_period}: expected at least 1 (seconds)")
-    study = read_study(args.study, args.trials)
+
+def search(
+    study_file: str | os.PathLike[str],
+    *,
+    trials: int | None = None,
+    workers: int = 1,
+    devices: str | None = None,
+    storage: str | None = None,
+    out: str | os.PathLike[str] | None = None,
+    grace_period: int = DEFAULT_GRACE_PERIOD,
+    progress: TextIO | None = None,
+    registry: Any = None,
+    debug: bool = False,
+) -> dict[str, Any]:
+    """Run the study in `study_file` until it has its finished trials (`trials` overrides the file's
+    count), with `workers` local processes (1: in this process) on `devices` (`"cuda:0,cuda:1"`,
+    round-robin); write `summary.json` and `best.toml` into `out` (default `run.out_dir/<study name>`) and
+    return the summary. `storage` is an SQLAlchemy URL or `journal:PATH` (default: `out/study.db`).
+    Progress lines go to `progress` (default stdout). A worker process that failed is listed under
+    `failed_workers` (worker number: exit status)."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    progress = sys.stdout if progress is None else progress
+    check_workers(workers)
+    if grace_period < 1:
+        raise UsageError(f"--grace-period {grace_period}: expected at least 1 (seconds)")
+    study = read_study(study_file, trials)
     base = check_study(study, registry)
     target = int(study.settings.trials)
-    devices = parse_devices(args.devices)
-    if args.check:
-        print(f"OK {study.path} (study {study.name}): recipe {study.recipe_path}, {target} finished trials wanted, "
-              f"searching {', '.join(study.space)}")
-        return 0
-    out_dir = make_folder(Path(args.out) if args.out else Path(base.run.out_dir) / study.name,
+    device_list = parse_devices(devices)
+    out_dir = make_folder(Path(out) if out else Path(base.run.out_dir) / study.name,
                           "the study's output folder (--out)")
-    storage = open_storage(args.storage, out_dir, args.grace_period)
-    shown = describe(args.storage, out_dir)
+    opened = open_storage(storage, out_dir, grace_period)
+    shown = describe(storage, out_dir)
     epochs = None if "train.epochs" in study.space else int(base.train.epochs)
-    progress = sys.stderr if args.json else sys.stdout
-    if args.worker:  # one of the processes `--workers N` started
-        if args.worker_threads:
-            import torch
-
-            torch.set_num_threads(args.worker_threads)
-        Worker(study, storage, out_dir, target, args.grace_period, device_for(devices, 0), progress, registry,
-               epochs).run()
-        return 0
-    handle = open_study(study, storage, epochs)
+    handle = open_study(study, opened, epochs)
     _check_trial_folders(handle, out_dir, shown)
     counts = count_trials(handle)
     print(f"study {study.name}: {counts.finished} of {target} finished trials so far; storage {shown}; "
           f"trials in {out_dir / 'trials'}", file=progress, flush=True)
-    status = 0
+    failed: dict[int, int] = {}
     try:
-        if args.workers == 1:
-            Worker(study, storage, out_dir, target, args.grace_period, device_for(devices, 0), progress, registry,
+        if workers == 1:
+            Worker(study, opened, out_dir, target, grace_period, device_for(device_list, 0), progress, registry,
                    epochs).run()
         else:
-            status = _run_workers(args, study.path, out_dir, target, devices)
+            command = [str(study.path.absolute()), "--out", str(out_dir.absolute()), "--trials", str(target),
+                       "--grace-period", str(grace_period)] + ([] if storage is None else ["--storage", storage])
+            failed = _run_workers(command, workers, device_list, progress is sys.stderr, debug)
     except (PccoreError, KeyboardInterrupt):
         write_results(study, handle, out_dir, target, shown, registry)  # what finished is kept
         raise
     summary = write_results(study, handle, out_dir, target, shown, registry)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(_final_text(summary, out_dir), flush=True)
-    return status
+    summary["out_dir"] = str(out_dir)
+    if failed:
+        summary["failed_workers"] = failed
+    return summary
 
 
-def _run_workers(args: argparse.Namespace, study_path: Path, out_dir: Path, target: int, devices: list[str]) -> int:
-    """Start `--workers N` worker processes on the study (devices round-robin, the CPU cores shared out),
-    wait for all of them; 1 when any failed."""
-    threads = threads_per_worker(args.workers)
+def _worker_process(args: argparse.Namespace) -> int:
+    """One of the processes `--workers N` started: take trials until the study has its finished ones."""
+    from pccore.plugins import get_registry
+
+    if args.worker_threads:
+        import torch
+
+        torch.set_num_threads(args.worker_threads)
+    registry = get_registry()
+    study = read_study(args.study, args.trials)
+    base = check_study(study, registry)
+    out_dir = Path(args.out)
+    epochs = None if "train.epochs" in study.space else int(base.train.epochs)
+    progress = sys.stderr if args.json else sys.stdout
+    Worker(study, open_storage(args.storage, out_dir, args.grace_period), out_dir, int(study.settings.trials),
+           args.grace_period, device_for(parse_devices(args.devices), 0), progress, registry, epochs).run()
+    return 0
+
+
+def _run_workers(arguments: list[str], workers: int, devices: list[str], quiet_stdout: bool,
+                 debug: bool) -> dict[int, int]:
+    """Start `workers` worker processes (`pccore tune ... --worker`; devices round-robin, the CPU cores
+    shared out) and wait for all of them; the exit status of each that failed, by worker number."""
+    threads = threads_per_worker(workers)
     env = worker_env(threads)
-    if args.debug:
+    if debug:
         env["PCCORE_DEBUG"] = "1"
     processes = []
-    for index in range(args.workers):
-        command = [sys.executable, "-m", "pccore.cli", "tune", str(study_path.absolute()), "--worker",
-                   "--out", str(out_dir.absolute()), "--trials", str(target), "--grace-period",
-                   str(args.grace_period), "--worker-threads", str(threads)]
-        if args.storage is not None:
-            command += ["--storage", args.storage]
+    for index in range(workers):
+        command = [sys.executable, "-m", "pccore.cli", "tune", *arguments, "--worker", "--worker-threads",
+                   str(threads)]
         if devices:
             command += ["--devices", device_for(devices, index)]
-        if args.json:
+        if quiet_stdout:
             command.append("--json")
         processes.append(subprocess.Popen(command, env=env))
     try:
@@ -129,14 +178,10 @@ def _run_workers(args: argparse.Namespace, study_path: Path, out_dir: Path, targ
     except KeyboardInterrupt:
         stop(processes)
         raise
-    failed = [(index, code) for index, code in enumerate(codes) if code != 0]
-    for index, code in failed:
-        print(f"pccore: worker {index + 1} of {args.workers} stopped with exit status {code} (its message is "
-              "above)", file=sys.stderr)
-    return 1 if failed else 0
+    return {index + 1: code for index, code in enumerate(codes) if code != 0}
 
 
-def _final_text(summary: dict[str, Any], out_dir: Path) -> str:
+def _final_text(summary: dict[str, Any]) -> str:
     lines = [
         f"study {summary['study']}: {summary['n_complete']} complete, {summary['n_pruned']} pruned, "
         f"{summary['n_failed']} failed ({summary['n_complete'] + summary['n_pruned']} finished of "
@@ -150,7 +195,8 @@ def _final_text(summary: dict[str, Any], out_dir: Path) -> str:
         lines.append(f"best: trial {summary['best_trial']}, validation top-1 {summary['best_value']:.4f}{at}")
         lines += [f"  {key} = {value!r}" for key, value in summary["best_params"].items()]
         lines.append(f"best recipe: {summary['best_recipe']}   (pccore run {summary['best_recipe']})")
-    lines.append(f"summary: {out_dir / SUMMARY_FILE}; top trials and importances: pccore tune show {out_dir}")
+    out_dir = summary["out_dir"]
+    lines.append(f"summary: {Path(out_dir) / SUMMARY_FILE}; top trials and importances: pccore tune show {out_dir}")
     return "\n".join(lines)
 
 

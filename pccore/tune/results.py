@@ -190,12 +190,13 @@ def write_figures(handle: optuna.Study, folder: Path) -> list[Path]:
             continue
         if not complete:
             continue
-        with warnings.catch_warnings():
+        # Optuna switches matplotlib's style for its figures: keep that inside this block
+        with warnings.catch_warnings(), plt.rc_context():
             warnings.simplefilter("ignore")
             axes = getattr(optuna_plots, function)(handle)
-        figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
-        try:
-            written.append(save_png(figure, folder / name))
-        finally:
-            plt.close(figure)
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            try:
+                written.append(save_png(figure, folder / name))
+            finally:
+                plt.close(figure)
     return written
