@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ import pccore
 from pccore_plugins.normalization import FreezableBatchNorm1d, FrozenBatchNorm
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import ForwardUpdate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -69,3 +75,27 @@ def test_the_figures_section_shows_both_plot_commands():
     assert 'pip install "pccore[plot]"' in figures
     assert "pccore diagnose recipes/quickstart.toml --plot diagnosis.png" in figures
     assert "pccore schedule recipes/vgg10_cifar10_df.toml --plot decaying.png" in figures
+
+
+def test_the_study_example_passes_tune_check_and_searches_what_the_shipped_study_searches(tmp_path, capsys):
+    from pccore.cli import main
+
+    search = _section("Search and sweeps")
+    example = re.search(r"```toml\n(.*?)```", search, flags=re.DOTALL).group(1)
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    study = tmp_path / "example.toml"
+    study.write_text(example.replace('"../quickstart.toml"', f'"{recipes / "quickstart.toml"}"'))
+    assert main(["tune", str(study), "--check"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {study} (study quickstart_search): ")
+    shipped = tomllib.loads((recipes / "studies" / "quickstart.toml").read_text())
+    documented = tomllib.loads(example)
+    assert documented["space"] == shipped["space"]
+    assert {k: v for k, v in documented.items() if k not in ("set", "space")} == {
+        k: v for k, v in shipped.items() if k not in ("set", "space")}
+    assert documented["set"].items() <= shipped["set"].items()
+
+
+def test_the_search_section_shows_the_commands_for_two_machines():
+    search = _section("Search and sweeps")
+    assert search.count("--storage postgresql://") == 1 and search.count("--storage journal:") == 1
+    assert "pccore tune recipes/studies/quickstart.toml --workers 2" in search
