@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -128,7 +129,8 @@ def search(
                        "--grace-period", str(grace_period)] + ([] if storage is None else ["--storage", storage])
             failed = _run_workers(command, workers, device_list, progress is sys.stderr, debug)
     except (PccoreError, KeyboardInterrupt):
-        write_results(study, handle, out_dir, target, shown, registry)  # what finished is kept
+        with contextlib.suppress(Exception):  # best effort: the error that stopped the study is what to report
+            write_results(study, handle, out_dir, target, shown, registry)
         raise
     summary = write_results(study, handle, out_dir, target, shown, registry)
     summary["out_dir"] = str(out_dir)
