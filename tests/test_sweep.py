@@ -16,6 +16,8 @@ from pccore.recipe import load_recipe
 from pccore.sweep import parse_seeds
 from tests.test_training import write_recipe
 
+pytestmark = pytest.mark.timeout(180)
+"""A study or sweep that never ends fails the test instead of hanging the suite."""
 
 def _recipe(folder: Path, name: str, **changes) -> Path:
     """The tiny digits recipe as `folder/<name>.toml` (run name = name)."""

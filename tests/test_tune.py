@@ -24,6 +24,9 @@ from pccore.tune.storage import HEARTBEAT_ATTR, JOURNAL_PREFIX
 from pccore.tune.worker import FAILURES_IN_A_ROW, Worker
 from tests.test_training import _toml, write_recipe
 
+pytestmark = pytest.mark.timeout(180)
+"""A study or sweep that never ends fails the test instead of hanging the suite."""
+
 SPACE = {
     "inference.lr": {"low": 0.05, "high": 0.5, "log": True},
     "inference.momentum": {"choices": [0.0, 0.1, 0.3]},
@@ -109,8 +112,8 @@ def test_a_study_finishes_its_trials_writes_its_summary_and_a_best_recipe_that_r
 
 @pytest.mark.timeout(180)
 def test_two_worker_processes_share_one_sqlite_study(tmp_path: Path, capsys) -> None:
-    # trials of eight batches, so that both workers are busy at once
-    study = write_study(tmp_path, trials=4, fixed={"train.max_batches": 8})
+    # trials of twenty batches, so that both workers are busy at once
+    study = write_study(tmp_path, trials=4, fixed={"train.max_batches": 20})
     out = tmp_path / "out"
     assert main(["tune", str(study), "--out", str(out), "--workers", "2"]) == 0
     trials = _trials(_sqlite(out))
