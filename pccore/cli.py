@@ -22,6 +22,7 @@ examples:
   pccore diagnose recipes/quickstart.toml --smoke --plot diagnosis.png
   pccore bench recipes/vgg5_cifar10_sf_bf.toml --steps 10
   pccore tune recipes/studies/quickstart.toml --workers 2
+  pccore tune show runs/quickstart_search
   pccore sweep recipes/vgg5_cifar10_*.toml --seeds 0-4 --out runs/grid
   pccore report runs/grid --format md --plot depth.png
   pccore plugins --json
@@ -143,9 +144,10 @@ def _add_tune(subs) -> None:
                 "  pccore tune study.toml --trials 40 --out runs/mystudy      (run again: the study continues)\n"
                 "  pccore tune study.toml --storage postgresql://user@db-host/pccore --workers 4 --devices "
                 "cuda:0,cuda:1\n"
-                "  pccore tune study.toml --storage journal:/shared/studies/mystudy.log\n"
+                "  pccore tune study.toml --storage journal:/shared/studies/mystudy.log --grace-period 600\n"
                 "  pccore tune study.toml --check                 (validate the study file, run nothing)\n"
-                "  pccore tune show runs/quickstart --top 5 --plot figures/\n")
+                "  pccore tune show runs/quickstart_search --top 5 --plot figures/\n"
+                "  pccore tune show postgresql://user@db-host/pccore --study mystudy --json\n")
     tune.add_argument("study", metavar="STUDY", help='a study file (TOML), or "show" to report on a study')
     tune.add_argument("target", nargs="?", metavar="DIR_OR_STORAGE",
                       help="(show) the study's output folder, an SQLAlchemy URL or journal:PATH")
@@ -178,7 +180,8 @@ def _add_sweep(subs) -> None:
                  "--devices cuda:0,cuda:1\n"
                  "  pccore sweep recipes/quickstart*.toml --seeds 0,1,2 --out runs/quick --set train.epochs=2\n"
                  "  pccore sweep recipes/quickstart.toml --seeds 0-9 --out runs/quick   (again: skips finished "
-                 "seeds, resumes the others)\n")
+                 "seeds, resumes the others)\n"
+                 "  pccore sweep recipes/vgg5_cifar10_sf.toml --seeds 0-4 --out runs/grid --timeout 7200 --json\n")
     sweep.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files (TOML)")
     sweep.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,1,2 (default: each recipe's run.seeds)")
     sweep.add_argument("--out", metavar="DIR", help="the sweep folder (required): DIR/<run name>/seed_<n>/")
@@ -199,7 +202,8 @@ def _add_report(subs) -> None:
                   "  pccore report runs/cifar10                     (a sweep folder)\n"
                   "  pccore report runs/*/version_0 --format latex > table.tex\n"
                   "  pccore report runs/cifar10 --format csv --plot depth.png\n"
-                  "  pccore report runs/ablation --by method,inference.steps\n")
+                  "  pccore report runs/ablation --by method,inference.steps\n"
+                  "  pccore report runs/cifar10 --json > cells.json\n")
     report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
     report.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="table format (default md)")
     report.add_argument("--by", default="method",

@@ -372,3 +372,26 @@ def test_show_asks_which_study_when_a_storage_holds_several(tmp_path: Path, caps
     assert "holds 2 studies (a, b): choose one with --study NAME" in capsys.readouterr().err
     assert main(["tune", "show", url, "--study", "b"]) == 0
     assert "no complete trial yet" in capsys.readouterr().out
+
+
+# --- worker processes ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("devices", "message"), [
+    ("gpu", "--devices gpu: 'gpu' is not a device; use auto, cpu, cuda or cuda:N"),
+    (",", "--devices ',': expected a comma-separated list such as cuda:0,cuda:1"),
+])
+def test_devices_are_checked_before_anything_runs(tmp_path: Path, devices: str, message: str, capsys) -> None:
+    assert main(["tune", str(write_study(tmp_path)), "--out", str(tmp_path / "o"), "--devices", devices]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_workers_share_the_cores_and_take_devices_round_robin(monkeypatch) -> None:
+    from pccore import processes
+
+    monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert [processes.threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]
+    assert processes.worker_env(3)["OMP_NUM_THREADS"] == "3"
+    assert [processes.device_for(["cuda:0", "cuda:1"], i) for i in range(3)] == ["cuda:0", "cuda:1", "cuda:0"]
+    assert processes.device_for([], 5) is None
