@@ -19,6 +19,10 @@ KINDS: tuple[str, ...] = ("precision", "update", "normalization", "nudging", "ar
 Phase = Literal["forward", "inference", "learning"]
 """Which pass a model is in: the initial forward pass, an inference step, or the learning phase."""
 
+State = torch.Tensor | tuple[torch.Tensor, ...]
+"""A layer's state (and its prediction): one tensor, or a tuple of tensors (the parts of a multi-part
+layer, e.g. a ResNet layer's main and auxiliary neurons)."""
+
 
 @attrs.define(frozen=True)
 class NoParams:
@@ -105,15 +109,16 @@ class LearningBatch:
 
     `states[l]` is x^l after inference (x^0 the input, x^L the output node), detached.
     `initial[l]` is mu^l_0 from the initial forward pass (initial[0] is the input); it carries the
-    graph the rule asked for with `initial_graph`.
+    graph the rule asked for with `initial_graph`. A multi-part layer's state and prediction are tuples;
+    `layer_energy(l, x, mu)` takes either form and weights the parts as the layer's block declares.
     """
 
     blocks: Sequence[nn.Module]
-    states: Sequence[torch.Tensor]
-    initial: Sequence[torch.Tensor]
+    states: Sequence[State]
+    initial: Sequence[State]
     precision: torch.Tensor
     target: torch.Tensor
-    layer_energy: Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+    layer_energy: Callable[[int, State, State], torch.Tensor]
     batch_size: int
 
 
@@ -148,13 +153,34 @@ class Nudging(Protocol):
 
 # --- architecture --------------------------------------------------------------------------------
 
+@attrs.define(frozen=True)
+class InferenceSettings:
+    """The recipe's inference settings, handed to blocks whose energy weights depend on them."""
+
+    lr: float
+    momentum: float
+    steps: int
+
+
+@runtime_checkable
+class MultiPartBlock(Protocol):
+    """A block whose prediction is a tuple of tensors. Its layer's energy is
+    `sum_p part_weights[p] * 1/2 ||x_p - mu_p||^2`; the block declares the weights, which may depend on the
+    inference settings (an identity-predicted auxiliary part is weighted 1 / lr so that one SGD step at the
+    spike hands its displacement on exactly). A block without `part_weights` predicts a single tensor."""
+
+    def part_weights(self, inference: InferenceSettings) -> tuple[float, ...]:
+        """One weight per part of the prediction, in order."""
+        ...
+
 
 @runtime_checkable
 class Architecture(Protocol):
     def build(
         self, input_shape: tuple[int, ...], num_classes: int, norm: NormalizationPolicy
     ) -> list[nn.Module]:
-        """The blocks f_1..f_L; block l maps x^{l-1} to mu^l, the last one returns the logits."""
+        """The blocks f_1..f_L; block l maps x^{l-1} to mu^l, the last one returns the logits. A block may
+        predict a tuple of tensors (see `MultiPartBlock`); the last block's logits are one tensor."""
         ...
 
 

@@ -15,7 +15,38 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pccore.components import LearningBatch, NormalizationPolicy, Nudging, PrecisionTable, UpdateRule
+from pccore.components import (
+    InferenceSettings,
+    LearningBatch,
+    NormalizationPolicy,
+    Nudging,
+    PrecisionTable,
+    State,
+    UpdateRule,
+)
+
+
+def parts(state: State) -> tuple[torch.Tensor, ...]:
+    """The tensors of a layer's state: the tuple itself, or a one-tensor tuple."""
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _map(fn, state: State) -> State:
+    """`fn` applied to every tensor of a state, keeping its structure."""
+    return tuple(fn(p) for p in state) if isinstance(state, tuple) else fn(state)
+
+
+def _unaliased(directions: Sequence[torch.Tensor], seeds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Autograd may hand one tensor to several inputs (both parts of a sum) or hand a seed straight back
+    (an identity-predicted part); the in-place updates that follow need each direction to own its memory."""
+    taken = {s.data_ptr() for s in seeds}
+    out = list(directions)
+    for i, d in enumerate(out):
+        if d.data_ptr() in taken:
+            out[i] = d.clone()
+        else:
+            taken.add(d.data_ptr())
+    return out
 
 
 class StepOutput(NamedTuple):
@@ -29,10 +60,10 @@ class StepOutput(NamedTuple):
 class InferenceTrace(NamedTuple):
     """What `PCEngine.infer` returns: states x^0..x^L after inference, the initial predictions mu_0 (index
     0 is the input), per-step energies [T, L] when recorded (zero below the wavefront), the energies of the
-    last step [L], the update scale, and the one-hot target."""
+    last step [L], the update scale, and the one-hot target. A multi-part layer's state is a tuple."""
 
-    states: list[torch.Tensor]
-    initial: list[torch.Tensor]
+    states: list[State]
+    initial: list[State]
     energies: torch.Tensor | None
     final_energy: torch.Tensor | None
     scale: float
@@ -40,7 +71,12 @@ class InferenceTrace(NamedTuple):
 
 
 class PCEngine:
-    """Runs predictive coding training steps on `blocks` f_1..f_L."""
+    """Runs predictive coding training steps on `blocks` f_1..f_L.
+
+    Internally the latent states x^1..x^{L-1} are one flat list of tensors, the parts of each layer in
+    order (one per single-tensor layer), so the autograd call and the SGD step of an inference step treat
+    multi-part layers exactly like single-tensor ones.
+    """
 
     def __init__(
         self,
@@ -78,13 +114,35 @@ class PCEngine:
         ref = next(self.model.parameters())
         self.device, self.dtype = ref.device, ref.dtype
         self.table = table
+        self.settings = InferenceSettings(lr=lr, momentum=momentum, steps=steps)
+        # part_weights[l]: None for a single-tensor layer l (1-based; index 0 is the input), else the
+        # energy weight of each part of its state, as its block declares.
+        self.part_weights: list[tuple[float, ...] | None] = [None] + [
+            self._declared_weights(l) for l in range(1, self.L + 1)
+        ]
+        if self.part_weights[self.L] is not None:
+            raise ValueError("the last block must predict one tensor (the logits), not a tuple of parts")
+        counts = [1 if w is None else len(w) for w in self.part_weights]
+        # The flat latent list: layer l's parts are latent[offset[l] : offset[l + 1]] (l = 1..L-1).
+        self._offset = [0, 0]
+        for l in range(1, self.L):
+            self._offset.append(self._offset[-1] + counts[l])
         pi = table.inference.to(self.device, self.dtype)
         # The wavefront: step t's energy holds the layers l >= L - t only.
         self._first_active = [max(1, self.L - t) for t in range(self.T)]
         self._pi = [list(row.unbind()) for row in pi]
         self._pi_learn = table.learning.to(self.device, self.dtype)
-        self._lrs = [self._step_lrs(t, lr, decay_last_lr) for t in range(self.T)]
+        self._lrs = [self._flat_lrs(self._step_lrs(t, lr, decay_last_lr)) for t in range(self.T)]
         self._buffers: list[torch.Tensor] = []
+
+    def _declared_weights(self, l: int) -> tuple[float, ...] | None:
+        declare = getattr(self.blocks[l - 1], "part_weights", None)
+        if declare is None:
+            return None
+        weights = tuple(float(w) for w in declare(self.settings))
+        if len(weights) < 2:
+            raise ValueError(f"block {l} declares {len(weights)} part weight(s); a multi-part layer has >= 2")
+        return weights
 
     def _step_lrs(self, t: int, lr: float, decay_last_lr: bool) -> list[float]:
         """State learning rate of each latent layer 1..L-1 at step t. The paper's appendix decays the last
@@ -95,6 +153,10 @@ class PCEngine:
             rates[-1] = lr ** (t + 1)
         return rates
 
+    def _flat_lrs(self, rates: list[float]) -> list[float]:
+        """Per-layer rates repeated for each part of the layer, in the flat latent order."""
+        return [rates[l - 1] for l in range(1, self.L) for _ in range(self._offset[l + 1] - self._offset[l])]
+
     # --- pieces --------------------------------------------------------------------------------
 
     def _autocast(self):
@@ -102,9 +164,16 @@ class PCEngine:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    def layer_energy(self, layer: int, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+    def layer_energy(self, layer: int, x: State, mu: State) -> torch.Tensor:
         """Energy of layer `layer` (1-based), summed over the batch: 1/2 ||x - mu||^2, or the
-        cross-entropy of the logits mu against x at the output when the output energy is "ce"."""
+        cross-entropy of the logits mu against x at the output when the output energy is "ce". A
+        multi-part layer sums its parts' squared errors, each times the part's weight."""
+        weights = self.part_weights[layer]
+        if weights is not None:
+            return sum(
+                w * 0.5 * (xp - mp.to(xp.dtype)).square().sum()
+                for w, xp, mp in zip(weights, x, mu, strict=True)
+            )
         mu = mu.to(x.dtype)
         if layer == self.L and self.output_energy == "ce":
             return -(x * F.log_softmax(mu, dim=-1)).sum()
@@ -113,17 +182,30 @@ class PCEngine:
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
 
-    def _initial_pass(self, x0: torch.Tensor) -> list[torch.Tensor]:
+    def _initial_pass(self, x0: torch.Tensor) -> list[State]:
         """mu_0 for every layer, with the graph the update rule asked for."""
         mode = self.update.initial_graph
         self.norm.set_phase(self.model, "forward" if mode == "none" else "learning")
-        mu = [x0]
+        mu: list[State] = [x0]
         grad = torch.enable_grad() if mode != "none" else torch.no_grad()
         with grad, self._autocast():
-            for block in self.blocks:
-                inp = mu[-1].detach() if mode == "local" else mu[-1]
-                mu.append(block(inp))
+            for l, block in enumerate(self.blocks, start=1):
+                inp = _map(torch.Tensor.detach, mu[-1]) if mode == "local" else mu[-1]
+                out = block(inp)
+                self._check_structure(l, out)
+                mu.append(out)
         return mu
+
+    def _check_structure(self, l: int, prediction: State) -> None:
+        """A block must predict the structure its layer declares (one tensor, or one tensor per weight)."""
+        weights = self.part_weights[l]
+        if weights is None and isinstance(prediction, torch.Tensor):
+            return
+        if weights is not None and isinstance(prediction, tuple) and len(prediction) == len(weights):
+            return
+        got = f"a tuple of {len(prediction)}" if isinstance(prediction, tuple) else type(prediction).__name__
+        wanted = "one tensor" if weights is None else f"a tuple of {len(weights)} tensors (its part_weights)"
+        raise TypeError(f"block {l} returned {got}, but its layer needs {wanted}")
 
     def _momentum_buffers(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
         """Zeroed momentum buffers for the states, reused from the last batch when the shapes agree."""
@@ -141,8 +223,11 @@ class PCEngine:
         L = self.L
         target = self.one_hot(y)
         out_node, scale = self.nudging.output_node(initial[L].detach().to(self.dtype), target)
-        latent = [mu.detach().to(self.dtype).clone().requires_grad_(True) for mu in initial[1:L]]
-        states = [x0, *latent, out_node]
+        layers = [
+            _map(lambda mu: mu.detach().to(self.dtype).clone().requires_grad_(True), mu) for mu in initial[1:L]
+        ]
+        latent = [p for state in layers for p in parts(state)]
+        states = [x0, *layers, out_node]
         energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
         if not self.update.runs_inference or self.T == 0 or L == 1:
             return InferenceTrace(states, initial, energies, None, scale, target)
@@ -162,46 +247,58 @@ class PCEngine:
         return InferenceTrace(states, initial, energies, final, scale, target)
 
     def _inference_steps(self, states, latent, initial, buffers, energies) -> torch.Tensor:
-        """The T steps, updating `latent` in place; returns the energies [L] of the last step."""
-        L = self.L
+        """The T steps, updating `latent` (and so `states`) in place; returns the energies [L] of the last
+        step."""
+        L, offset = self.L, self._offset
         reuse_first = getattr(self.norm, "pure_inference", False)
         pi, m = self._pi, self.momentum
         with torch.enable_grad():
             for t in range(self.T):
                 first = self._first_active[t]  # lowest layer whose energy enters E_t
-                lo = max(1, first - 1)  # lowest state with a gradient: it feeds block `first`
-                preds: list[torch.Tensor | None] = [None] * (L + 1)
+                lo = offset[max(1, first - 1)]  # first flat state with a gradient: it feeds block `first`
+                preds: list[State | None] = [None] * (L + 1)
                 with self._autocast():
                     for l in range(first, L + 1):
                         if l == 1 and reuse_first:
-                            preds[1] = initial[1].detach()  # x^0 is fixed, so f_1(x^0) is mu^1_0
+                            preds[1] = _map(torch.Tensor.detach, initial[1])  # x^0 is fixed: f_1(x^0) = mu^1_0
                         else:
                             preds[l] = self.blocks[l - 1](states[l - 1])
                 # Descent directions -dE_t/dx, one autograd call for all layers: the weighted error
                 # pi_l (x^l - mu^l) of each layer above, pulled back through its block, minus the
                 # layer's own weighted error.
-                werr = [None] * first + [
+                werr: list[State | None] = [None] * first + [
                     self._weighted_error(l, states[l], preds[l], pi[t][l - 1]) for l in range(first, L + 1)
                 ]
-                pulled = range(max(first, 2), L + 1)  # blocks whose input is a latent state
-                directions = list(torch.autograd.grad(
-                    [preds[l] for l in pulled], latent[lo - 1 :], [werr[l].to(preds[l].dtype) for l in pulled]
-                ))
+                outputs, seeds = [], []
+                for l in range(max(first, 2), L + 1):  # blocks whose input is a latent state
+                    for mu, e in zip(parts(preds[l]), parts(werr[l]), strict=True):
+                        outputs.append(mu)
+                        seeds.append(e.to(mu.dtype))
+                directions = _unaliased(torch.autograd.grad(
+                    outputs, latent[lo:], seeds, allow_unused=True, materialize_grads=True
+                ), seeds)
                 for l in range(first, L):
-                    directions[l - lo].sub_(werr[l])
+                    for i, e in enumerate(parts(werr[l]), start=offset[l] - lo):
+                        directions[i].sub_(e)
                 if energies is not None:
                     energies[t, first - 1 :] = self._energies(states, preds, first)
                 with torch.no_grad():
-                    self._sgd(latent[lo - 1 :], directions, buffers[lo - 1 :], self._lrs[t][lo - 1 :], m)
+                    self._sgd(latent[lo:], directions, buffers[lo:], self._lrs[t][lo:], m)
         final = self._energies(states, preds, first)
         if first > 1:
             final = torch.cat([final.new_zeros(first - 1), final])
         return final
 
     @torch.no_grad()
-    def _weighted_error(self, layer: int, x: torch.Tensor, pred: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        """-d(weight * e_layer)/d(prediction) in the states' dtype: weight * (x - mu) for squared error,
-        weight * (x - softmax(mu) * sum(x)) for cross-entropy at the output."""
+    def _weighted_error(self, layer: int, x: State, pred: State, weight: torch.Tensor) -> State:
+        """-d(weight * e_layer)/d(prediction) in the states' dtype: weight * (x - mu) for squared error
+        (times the part's weight for each part of a multi-part layer), weight * (x - softmax(mu) * sum(x))
+        for cross-entropy at the output."""
+        weights = self.part_weights[layer]
+        if weights is not None:
+            return tuple(
+                torch.sub(xp, mp.to(xp.dtype)).mul_(weight * w) for w, xp, mp in zip(weights, x, pred, strict=True)
+            )
         if layer == self.L and self.output_energy == "ce":
             p = torch.softmax(pred.to(x.dtype), dim=-1)
             return (x - p * x.sum(dim=-1, keepdim=True)).mul_(weight)
@@ -234,7 +331,7 @@ class PCEngine:
         """The update rule's loss (scaled by the nudging factor) for a finished inference trace."""
         if self.update.initial_graph == "none":
             self.norm.set_phase(self.model, "learning")
-        states = [s.detach() for s in trace.states]
+        states = [_map(torch.Tensor.detach, s) for s in trace.states]
         batch = LearningBatch(
             blocks=self.blocks,
             states=states,

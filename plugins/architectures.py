@@ -1,4 +1,5 @@
-"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15) and a small MLP.
+"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15), a small MLP, and ResNets
+(`pccore_plugins.resnet`).
 
 A VGG is a layout list turned into blocks by one function. Each layout entry is one block
 `conv3x3 -> [norm] -> activation -> [maxpool 2x2/2]`: `(channels, pool, padding)`. The head is one
@@ -8,22 +9,14 @@ linear block (VGG15: a hidden linear block of 4096 units, then the logits).
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import attrs
 from torch import nn
 
 from pccore import Component, hookimpl
 from pccore.components import NormalizationPolicy
-
-ActivationName = Literal["gelu", "relu", "leaky_relu", "hardtanh", "tanh"]
-ACTIVATIONS = {
-    "gelu": nn.GELU,
-    "relu": nn.ReLU,
-    "leaky_relu": nn.LeakyReLU,
-    "hardtanh": nn.Hardtanh,
-    "tanh": nn.Tanh,
-}
+from pccore_plugins.activations import ACTIVATIONS, ActivationName
+from pccore_plugins.resnet import NamedResNetParams, ResNet, ResNetParams
 
 M, P0 = "M", "p0"
 LAYOUTS: dict[str, tuple[list[tuple], int | None]] = {
@@ -127,6 +120,21 @@ def _vgg(layout: str):
     return factory
 
 
+RESNET_STAGES = {"resnet10": [1, 1, 1, 1], "resnet18": [2, 2, 2, 2]}
+
+
+def _named_resnet(name: str):
+    def factory(params: NamedResNetParams) -> ResNet:
+        return ResNet(RESNET_STAGES[name], params)
+
+    factory.__name__ = f"{name}_factory"
+    return factory
+
+
+def _resnet(params: ResNetParams) -> ResNet:
+    return ResNet(params.blocks, params)
+
+
 @hookimpl
 def pccore_register_architecture():
     described = {"vgg5": 5, "vgg7": 7, "vgg10": 10, "vgg15": 15}
@@ -134,4 +142,11 @@ def pccore_register_architecture():
         *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {n} blocks", label=name.upper())
           for name, n in described.items()),
         Component("mlp", MLP, MLPParams, "fully connected blocks of the given hidden widths", label="MLP"),
+        *(Component(name, _named_resnet(name), NamedResNetParams,
+                    f"ResNet with {sum(stages)} basic blocks; aux = true gives each skip auxiliary neurons",
+                    label=name.replace("resnet", "ResNet"))
+          for name, stages in RESNET_STAGES.items()),
+        Component("resnet", _resnet, ResNetParams,
+                  "ResNet with `blocks` basic blocks per stage; aux = true gives each skip auxiliary neurons",
+                  label="ResNet"),
     ]
