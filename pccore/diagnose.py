@@ -40,8 +40,8 @@ def precision_table(recipe, registry) -> PrecisionTable:
     return schedule.table(layers, recipe.inference.steps)
 
 
-def _fmt(v: float) -> str:
-    return f"{v:.4g}"
+def _fmt(v: float | None) -> str:
+    return "-" if v is None else f"{v:.4g}"
 
 
 def _print_grid(title: str, row_label: str, rows: list[list[float]], layers: int) -> None:
@@ -107,7 +107,8 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
     """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean,
     `energy` [t][l], zero below the wavefront) and the cosine between each block's weight update and the
     backprop gradient of the output loss on the same weights and batch (`cosine_to_bp` [l]; NaN for a
-    block without gradient), plus `layers`, `steps`, `loss` and `bp_loss`. The weights, BatchNorm
+    block without gradient), plus `layers`, `steps`, `loss` and `bp_loss`; for a model with multi-part
+    layers also `energy_parts` [part][t][l] (None where a layer has no such part). The weights, BatchNorm
     statistics and gradients are left as they were."""
     model = engine.model
     model.train()
@@ -138,7 +139,7 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
         params = list(block.parameters())
         cosines.append(_cosine(flat(pc_grads, params), flat(bp_grads, params)))
     energies = trace.energies if trace.energies is not None else torch.zeros(0, engine.L)
-    return {
+    report = {
         "layers": engine.L,
         "steps": engine.T,
         "energy": (energies / x.shape[0]).tolist(),
@@ -146,6 +147,15 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
         "loss": float(loss.detach()),
         "bp_loss": float(bp_loss.detach()),
     }
+    if trace.part_energies is not None:
+        # [part][t][l]: each part's weighted energy (batch mean); None where a layer has no such part.
+        counts = [1 if w is None else len(w) for w in engine.part_weights[1:]]
+        per_part = (trace.part_energies / x.shape[0]).permute(2, 0, 1).tolist()
+        report["energy_parts"] = [
+            [[v if p < counts[l] else None for l, v in enumerate(row)] for row in rows]
+            for p, rows in enumerate(per_part)
+        ]
+    return report
 
 
 def first_batch(recipe, registry, device: torch.device, *, smoke: bool) -> tuple[DataSpec, torch.Tensor, torch.Tensor]:
@@ -186,6 +196,10 @@ def diagnose_command(args) -> int:
     else:
         _print_grid(f"energy per layer at each inference step (batch mean), {L} layers, {T} steps",
                     [f"t={t}" for t in range(T)], report["energy"], L)
+        for part, rows in enumerate(report.get("energy_parts", [])[1:], start=1):
+            print()
+            _print_grid(f"of which part {part} (the auxiliary neurons of multi-part layers; - where a layer has "
+                        "none)", [f"t={t}" for t in range(T)], rows, L)
         print()
         _print_grid("cosine of each layer's weight update to the backprop gradient", ["cos"],
                     [report["cosine_to_bp"]], L)

@@ -60,7 +60,9 @@ class StepOutput(NamedTuple):
 class InferenceTrace(NamedTuple):
     """What `PCEngine.infer` returns: states x^0..x^L after inference, the initial predictions mu_0 (index
     0 is the input), per-step energies [T, L] when recorded (zero below the wavefront), the energies of the
-    last step [L], the update scale, and the one-hot target. A multi-part layer's state is a tuple."""
+    last step [L], the update scale, and the one-hot target. A multi-part layer's state is a tuple; when
+    energies are recorded for a model with such layers, `part_energies` [T, L, P] holds each part's weighted
+    energy (P the most parts of any layer; a single-tensor layer's energy is part 0)."""
 
     states: list[State]
     initial: list[State]
@@ -68,6 +70,7 @@ class InferenceTrace(NamedTuple):
     final_energy: torch.Tensor | None
     scale: float
     target: torch.Tensor
+    part_energies: torch.Tensor | None = None
 
 
 class PCEngine:
@@ -168,16 +171,20 @@ class PCEngine:
         """Energy of layer `layer` (1-based), summed over the batch: 1/2 ||x - mu||^2, or the
         cross-entropy of the logits mu against x at the output when the output energy is "ce". A
         multi-part layer sums its parts' squared errors, each times the part's weight."""
-        weights = self.part_weights[layer]
-        if weights is not None:
-            return sum(
-                w * 0.5 * (xp - mp.to(xp.dtype)).square().sum()
-                for w, xp, mp in zip(weights, x, mu, strict=True)
-            )
+        if self.part_weights[layer] is not None:
+            return sum(self.part_energies(layer, x, mu))
         mu = mu.to(x.dtype)
         if layer == self.L and self.output_energy == "ce":
             return -(x * F.log_softmax(mu, dim=-1)).sum()
         return 0.5 * (x - mu).square().sum()
+
+    def part_energies(self, layer: int, x: State, mu: State) -> list[torch.Tensor]:
+        """Each part's energy times its weight, summed over the batch; a single-tensor layer's energy is
+        its one part."""
+        weights = self.part_weights[layer]
+        if weights is None:
+            return [self.layer_energy(layer, x, mu)]
+        return [w * 0.5 * (xp - mp.to(xp.dtype)).square().sum() for w, xp, mp in zip(weights, x, mu, strict=True)]
 
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
@@ -229,8 +236,12 @@ class PCEngine:
         latent = [p for state in layers for p in parts(state)]
         states = [x0, *layers, out_node]
         energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
+        most = max(1 if w is None else len(w) for w in self.part_weights)
+        part_energies = (
+            torch.zeros(self.T, L, most, device=self.device, dtype=self.dtype) if record and most > 1 else None
+        )
         if not self.update.runs_inference or self.T == 0 or L == 1:
-            return InferenceTrace(states, initial, energies, None, scale, target)
+            return InferenceTrace(states, initial, energies, None, scale, target, part_energies)
 
         buffers = self._momentum_buffers(latent)
         self.norm.set_phase(self.model, "inference")
@@ -240,13 +251,13 @@ class PCEngine:
         for p in params:
             p.requires_grad_(False)
         try:
-            final = self._inference_steps(states, latent, initial, buffers, energies)
+            final = self._inference_steps(states, latent, initial, buffers, energies, part_energies)
         finally:
             for p in params:
                 p.requires_grad_(True)
-        return InferenceTrace(states, initial, energies, final, scale, target)
+        return InferenceTrace(states, initial, energies, final, scale, target, part_energies)
 
-    def _inference_steps(self, states, latent, initial, buffers, energies) -> torch.Tensor:
+    def _inference_steps(self, states, latent, initial, buffers, energies, part_energies) -> torch.Tensor:
         """The T steps, updating `latent` (and so `states`) in place; returns the energies [L] of the last
         step."""
         L, offset = self.L, self._offset
@@ -282,6 +293,11 @@ class PCEngine:
                         directions[i].sub_(e)
                 if energies is not None:
                     energies[t, first - 1 :] = self._energies(states, preds, first)
+                if part_energies is not None:
+                    with torch.no_grad():
+                        for l in range(first, L + 1):
+                            for p, e in enumerate(self.part_energies(l, states[l], preds[l])):
+                                part_energies[t, l - 1, p] = e
                 with torch.no_grad():
                     self._sgd(latent[lo:], directions, buffers[lo:], self._lrs[t][lo:], m)
         final = self._energies(states, preds, first)

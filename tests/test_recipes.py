@@ -44,6 +44,11 @@ PAPER = sorted(
     + [f"vgg15_tinyimagenet_{a}{bf}" for a, bf in product(("bp", "pc", "sf"), ("", "_bf"))]
 )
 QUICKSTARTS = ["quickstart", "quickstart_bp", "quickstart_pc"]
+RESNETS = sorted(
+    ["resnet10_cifar10_sf", "resnet10_cifar10_bp", "quickstart_resnet"]
+    + [f"resnet18_{d}_{a}_bf" for d, a in product(("cifar10", "cifar100", "tinyimagenet"), ("sf", "bp"))]
+)
+"""The ResNet recipes (DEEPER.md, section A)."""
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
 STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
@@ -69,7 +74,7 @@ def _names(files: list[Path]) -> list[str]:
 
 def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
-    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS)
+    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=_names(SHIPPED))
@@ -79,6 +84,8 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
     if path.stem in QUICKSTARTS:
         assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
         return
+    if path.stem in RESNETS:
+        return  # checked value by value below
     assert NAME_RULE.fullmatch(path.stem), f"{path.name} breaks <model>_<dataset>_<algorithm>[_bf].toml"
     model, dataset, algorithm, bf = _parts(path.stem)
     assert recipe.model.name == model
@@ -244,10 +251,40 @@ def test_the_quickstarts_share_one_model_and_differ_in_the_algorithm() -> None:
     }
 
 
+# --- ResNets (DEEPER.md, section A) -----------------------------------------------------------------
+
+
+def test_resnet10_cifar10_sf_is_the_reference_example() -> None:
+    """hps/example.yaml of the reference code: T = 13, gelu, base 1e-3, lr_x 0.804, momentum 0.1 Nesterov,
+    lr_w 7.5e-4, weight decay 3.2e-5, se, batch 128, 30 epochs, model.py (no BatchNorm)."""
+    recipe = load_recipe(_path("resnet10_cifar10_sf"))
+    assert (recipe.model.name, recipe.model.params.aux, recipe.model.params.width) == ("resnet10", True, 1.0)
+    assert recipe.model.params.activation == "gelu" and recipe.model.output_energy == "se"
+    assert (recipe.precision.name, recipe.update.name, recipe.normalization.name) == ("spiking", "forward", "none")
+    assert (recipe.precision.params.peak, recipe.precision.params.base) == (1.0, 0.001)
+    assert (recipe.inference.steps, recipe.inference.lr, recipe.inference.momentum) == (13, 0.804, 0.1)
+    assert recipe.inference.nesterov is True
+    assert (recipe.optimizer.lr, recipe.optimizer.weight_decay) == (7.5e-4, 3.2e-5)
+    assert (recipe.data.name, recipe.data.batch_size, recipe.train.epochs) == ("cifar10", 128, 30)
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tinyimagenet"])
+def test_resnet18_recipes_pair_sf_with_batchnorm_freezing_and_bp_with_batchnorm(dataset: str) -> None:
+    sf = load_recipe(_path(f"resnet18_{dataset}_sf_bf"))
+    bp = load_recipe(_path(f"resnet18_{dataset}_bp_bf"))
+    for recipe in (sf, bp):
+        assert (recipe.data.name, recipe.model.name, recipe.model.params.width) == (dataset, "resnet18", 1.0)
+        assert (recipe.train.epochs, recipe.train.patience, recipe.run.seeds) == (50, 10, [0, 1, 2, 3, 4])
+    assert (sf.precision.name, sf.update.name, sf.normalization.name) == ("spiking", "forward", "frozen")
+    assert sf.model.params.aux is True
+    assert sf.inference.steps >= 18  # N = 18 layers: the error must reach every one
+    assert (bp.update.name, bp.normalization.name, bp.inference.steps) == ("backprop", "batchnorm", 0)
+
+
 # --- running ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS)
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS)
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"

@@ -368,3 +368,29 @@ def test_the_output_block_must_predict_one_tensor():
     blocks = nn.ModuleList([nn.Linear(3, 3), TupleHead()]).double()
     with pytest.raises(ValueError, match="the last block must predict one tensor"):
         engine(blocks, pure_spike(2, 2), classes=2)
+
+
+def test_diagnose_shows_the_wavefront_through_the_auxiliary_parts(capsys):
+    """pccore diagnose on the ResNet18 quickstart: the auxiliary parts' energy appears at layer N - t at step
+    t (t >= 1, the output layer having none) and is exactly zero below the wavefront; the layer totals are
+    the sums of the parts."""
+    import json
+    from pathlib import Path
+
+    from pccore.cli import main
+
+    recipe = Path(__file__).resolve().parent.parent / "recipes" / "quickstart_resnet.toml"
+    assert main(["diagnose", str(recipe), "--smoke", "--json", "--set", "data.batch_size=4"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    N, aux = report["layers"], report["energy_parts"][1]
+    assert N == 18 and len(aux) == report["steps"] == 18
+    for t in range(18):
+        assert aux[t][0] is None and aux[t][N - 1] is None  # the stem and the output are single tensors
+        for l in range(1, N - 1):
+            if l + 1 < N - t:
+                assert aux[t][l] == 0.0
+        if t >= 1:
+            assert aux[t][N - 1 - t] > 0.0
+        for l in range(N):
+            parts = [p[t][l] for p in report["energy_parts"] if p[t][l] is not None]
+            assert report["energy"][t][l] == pytest.approx(sum(parts), rel=1e-6, abs=1e-12)
