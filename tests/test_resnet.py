@@ -372,7 +372,7 @@ def test_the_output_block_must_predict_one_tensor():
 
 def test_diagnose_shows_the_wavefront_through_the_auxiliary_parts(capsys):
     """pccore diagnose on the ResNet18 quickstart: the auxiliary parts' energy appears at layer N - t at step
-    t (t >= 1, the output layer having none) and is exactly zero below the wavefront; the layer totals are
+    t (1 <= t <= N - 2: the output and the stem have none) and is exactly zero below the wavefront; the layer totals are
     the sums of the parts."""
     import json
     from pathlib import Path
@@ -389,7 +389,7 @@ def test_diagnose_shows_the_wavefront_through_the_auxiliary_parts(capsys):
         for l in range(1, N - 1):
             if l + 1 < N - t:
                 assert aux[t][l] == 0.0
-        if t >= 1:
+        if 1 <= t <= N - 2:
             assert aux[t][N - 1 - t] > 0.0
         for l in range(N):
             parts = [p[t][l] for p in report["energy_parts"] if p[t][l] is not None]
