@@ -1,5 +1,5 @@
-"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15), a small MLP, and ResNets
-(`pccore_plugins.resnet`).
+"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15), a small MLP, ResNets
+(`pccore_plugins.resnet`) and muPC's residual MLP (`pccore_plugins.resmlp`).
 
 A VGG is a layout list turned into blocks by one function. Each layout entry is one block
 `conv3x3 -> [norm] -> activation -> [maxpool 2x2/2]`: `(channels, pool, padding)`. The head is one
@@ -16,6 +16,7 @@ from torch import nn
 from pccore import Component, hookimpl
 from pccore.components import NormalizationPolicy
 from pccore_plugins.activations import ACTIVATIONS, ActivationName
+from pccore_plugins.resmlp import ResMLP, ResMLPParams
 from pccore_plugins.resnet import NamedResNetParams, ResNet, ResNetParams
 
 M, P0 = "M", "p0"
@@ -149,4 +150,7 @@ def pccore_register_architecture():
         Component("resnet", _resnet, ResNetParams,
                   "ResNet with `blocks` basic blocks per stage; aux = true gives each skip auxiliary neurons",
                   label="ResNet"),
+        Component("resmlp", ResMLP, ResMLPParams,
+                  "residual MLP of `depth` hidden layers of `width` units; parameterization = \"mupc\" (muPC) "
+                  "or \"standard\"", label="ResMLP"),
     ]
