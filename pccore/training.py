@@ -60,7 +60,9 @@ SMOKE_BATCH_SIZE = 8
 SMOKE_WIDTH = 0.0625
 """Largest architecture `width` of a --smoke run."""
 SMOKE_HIDDEN = 32
-"""Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
+"""Largest hidden layer of a --smoke run (architectures with a `hidden` list or an integer `width`)."""
+SMOKE_DEPTH = 3
+"""Largest integer `depth` (number of hidden layers) of a --smoke run."""
 RUN_INFO = "run.json"
 """Marker file of a run directory: how the run was started (smoke or not), read by --resume, and its
 status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM), "failed" (with the error under
@@ -242,7 +244,8 @@ def schedule_note(recipe: Any) -> str | None:
 
 
 def _thin_params(params: Any) -> Any:
-    """Architecture parameters with `width` capped at SMOKE_WIDTH and each `hidden` size at SMOKE_HIDDEN."""
+    """Architecture parameters made cheap: a float `width` (a multiplier) capped at SMOKE_WIDTH, an integer
+    `width` (units) and each `hidden` size at SMOKE_HIDDEN, an integer `depth` at SMOKE_DEPTH."""
     if params is None or not attrs.has(type(params)):
         return params
     names = {f.name for f in attrs.fields(type(params))}
@@ -250,10 +253,19 @@ def _thin_params(params: Any) -> Any:
     width = getattr(params, "width", None)
     if "width" in names and isinstance(width, float):
         changes["width"] = min(width, SMOKE_WIDTH)
+    elif "width" in names and _is_int(width):
+        changes["width"] = min(width, SMOKE_HIDDEN)
     hidden = getattr(params, "hidden", None)
     if "hidden" in names and isinstance(hidden, (list, tuple)):
         changes["hidden"] = type(hidden)(min(int(h), SMOKE_HIDDEN) for h in hidden)
+    depth = getattr(params, "depth", None)
+    if "depth" in names and _is_int(depth):
+        changes["depth"] = min(depth, SMOKE_DEPTH)
     return attrs.evolve(params, **changes) if changes else params
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _seeds(recipe: Any) -> list[int]:
