@@ -311,6 +311,19 @@ def test_no_schedule_note_when_the_schedule_covers_every_epoch(tmp_path: Path, c
     assert "schedule_epochs" not in capsys.readouterr().out
 
 
+def test_smoke_thins_an_integer_width_and_depth() -> None:
+    import attrs
+
+    @attrs.define(frozen=True)
+    class Units:
+        width: int = 512
+        depth: int = 128
+        flag: bool = True
+
+    assert training._thin_params(Units()) == Units(width=32, depth=3)
+    assert training._thin_params(Units(width=16, depth=2)) == Units(width=16, depth=2)
+
+
 # --- early stopping ------------------------------------------------------------------------------
 
 
