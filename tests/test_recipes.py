@@ -49,6 +49,9 @@ RESNETS = sorted(
     + [f"resnet18_{d}_{a}_bf" for d, a in product(("cifar10", "cifar100", "tinyimagenet"), ("sf", "bp"))]
 )
 """The ResNet recipes (DEEPER.md, section A)."""
+MUPC = ["mupc_digits_d32", "mupc_digits_d128", "mupc_digits_d32_standard", "mupc_digits_d128_standard"]
+MUPC_RULE = re.compile(r"mupc_digits_d(\d+)(_standard)?")
+"""muPC (DEEPER.md, section B) and its standard-parameterisation twins: mupc_digits_d<H>[_standard]."""
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
 STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
@@ -74,7 +77,7 @@ def _names(files: list[Path]) -> list[str]:
 
 def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
-    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS)
+    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=_names(SHIPPED))
@@ -86,6 +89,12 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
         return
     if path.stem in RESNETS:
         return  # checked value by value below
+    if path.stem in MUPC:
+        depth, standard = MUPC_RULE.fullmatch(path.stem).groups()
+        assert (recipe.data.name, recipe.model.name) == ("digits", "resmlp")
+        assert recipe.model.params.depth == int(depth)
+        assert recipe.model.params.parameterization == ("standard" if standard else "mupc")
+        return
     assert NAME_RULE.fullmatch(path.stem), f"{path.name} breaks <model>_<dataset>_<algorithm>[_bf].toml"
     model, dataset, algorithm, bf = _parts(path.stem)
     assert recipe.model.name == model
@@ -280,11 +289,37 @@ def test_resnet18_recipes_pair_sf_with_batchnorm_freezing_and_bp_with_batchnorm(
     assert sf.inference.steps >= 18  # N = 18 layers: the error must reach every one
     assert (bp.update.name, bp.normalization.name, bp.inference.steps) == ("backprop", "batchnorm", 0)
 
+@pytest.mark.parametrize("name", MUPC)
+def test_mupc_recipes_carry_jpcs_settings_in_pccores_batch_sum_convention(name: str) -> None:
+    recipe = load_recipe(_path(name))
+    assert (recipe.data.params.size, recipe.data.params.channels, recipe.data.batch_size) == (8, 1, 64)
+    assert (recipe.model.params.activation, recipe.model.output_energy) == ("relu", "se")
+    assert recipe.inference.steps == recipe.model.params.depth  # T = H
+    # jpc's state rate 0.5 on the batch-mean energy is 0.5 / B on pccore's batch-sum energy
+    assert recipe.inference.lr == 0.5 / recipe.data.batch_size
+    assert recipe.inference.momentum == 0.0
+    assert recipe.optimizer.weight_decay == 0.0  # Adam: AdamW without weight decay
+    assert (recipe.optimizer.warmup, recipe.optimizer.schedule_epochs) == (1.0, recipe.train.epochs)
+    assert (recipe.precision.name, recipe.update.name, recipe.nudging.name) == ("constant", "standard", "clamp")
+    assert recipe.precision.params.learning == "ones"
+    assert recipe.normalization.name == "none"
+    assert recipe.optimizer.lr == (1e-3 if name.endswith("_standard") else 0.1)
+
+
+@pytest.mark.parametrize("name", [n for n in MUPC if not n.endswith("_standard")])
+def test_a_standard_twin_differs_only_in_the_parameterisation_and_the_weight_rate(name: str) -> None:
+    mupc = recipe_to_dict(load_recipe(_path(name)))
+    standard = recipe_to_dict(load_recipe(_path(name + "_standard")))
+    assert (mupc["model"]["parameterization"], standard["model"]["parameterization"]) == ("mupc", "standard")
+    for recipe in (mupc, standard):
+        del recipe["model"]["parameterization"], recipe["optimizer"]["lr"], recipe["run"]["name"]
+    assert mupc == standard
+
 
 # --- running ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS)
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC)
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"
@@ -296,7 +331,8 @@ def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     assert sorted(set(seed_files) - set(events)) == ["best.pt", "checkpoint.pt", "summary.json"]
     assert json.loads((out / "run.json").read_text())["smoke"] is True
     saved = load_recipe(out / "recipe.toml")
-    assert saved.model.params.width == 0.0625  # every shipped recipe is wider: the smoke cap applies
+    # every shipped recipe is wider: the smoke cap applies (1/16 of a channel multiplier, 32 units)
+    assert saved.model.params.width == (32 if name in MUPC else 0.0625)
     assert (saved.data.batch_size, saved.train.epochs, saved.train.max_batches) == (8, 1, 2)
 
     summary = json.loads((out / "summary.json").read_text())
