@@ -295,24 +295,27 @@ def test_mupc_recipes_carry_jpcs_settings_in_pccores_batch_sum_convention(name: 
     assert (recipe.data.params.size, recipe.data.params.channels, recipe.data.batch_size) == (8, 1, 64)
     assert (recipe.model.params.activation, recipe.model.output_energy) == ("relu", "se")
     assert recipe.inference.steps == recipe.model.params.depth  # T = H
-    # jpc's state rate 0.5 on the batch-mean energy is 0.5 / B on pccore's batch-sum energy
-    assert recipe.inference.lr == 0.5 / recipe.data.batch_size
+    # jpc's state rate on the batch-mean energy (0.5 for muPC, 1e-2 for its standard baseline) is that
+    # rate / B on pccore's batch-sum energy
+    jpc_state_rate, adam_rate = (1e-2, 1e-2) if name.endswith("_standard") else (0.5, 0.1)
+    assert recipe.inference.lr == jpc_state_rate / recipe.data.batch_size
+    assert recipe.optimizer.lr == adam_rate
     assert recipe.inference.momentum == 0.0
     assert recipe.optimizer.weight_decay == 0.0  # Adam: AdamW without weight decay
     assert (recipe.optimizer.warmup, recipe.optimizer.schedule_epochs) == (1.0, recipe.train.epochs)
     assert (recipe.precision.name, recipe.update.name, recipe.nudging.name) == ("constant", "standard", "clamp")
     assert recipe.precision.params.learning == "ones"
     assert recipe.normalization.name == "none"
-    assert recipe.optimizer.lr == (1e-3 if name.endswith("_standard") else 0.1)
 
 
 @pytest.mark.parametrize("name", [n for n in MUPC if not n.endswith("_standard")])
-def test_a_standard_twin_differs_only_in_the_parameterisation_and_the_weight_rate(name: str) -> None:
+def test_a_standard_twin_differs_only_in_the_parameterisation_and_the_learning_rates(name: str) -> None:
     mupc = recipe_to_dict(load_recipe(_path(name)))
     standard = recipe_to_dict(load_recipe(_path(name + "_standard")))
     assert (mupc["model"]["parameterization"], standard["model"]["parameterization"]) == ("mupc", "standard")
     for recipe in (mupc, standard):
-        del recipe["model"]["parameterization"], recipe["optimizer"]["lr"], recipe["run"]["name"]
+        del recipe["model"]["parameterization"], recipe["optimizer"]["lr"], recipe["inference"]["lr"]
+        del recipe["run"]["name"]
     assert mupc == standard
 
 
