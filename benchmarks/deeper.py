@@ -72,7 +72,7 @@ ROWS: dict[str, Row] = {
 
 def train(recipe: Path, overrides: Sequence[str], out: Path, timeout: float) -> dict:
     """`pccore run` in a fresh process; the seed summary, or {"error": ...}."""
-    command = [sys.executable, "-m", "pccore", "run", str(recipe), "--device", "cpu", "--out", str(out)]
+    command = [sys.executable, "-m", "pccore.cli", "run", str(recipe), "--device", "cpu", "--out", str(out)]
     for override in overrides:
         command += ["--set", override]
     start = time.perf_counter()
