@@ -49,6 +49,30 @@ def _unaliased(directions: Sequence[torch.Tensor], seeds: Sequence[torch.Tensor]
     return out
 
 
+class StepPlan(NamedTuple):
+    """What inference step t computes, fixed once per engine from the precision table's zero pattern.
+
+    `evaluate`: layers whose prediction is computed by calling their block. `reuse`: layers whose prediction
+    is mu^l_0 from the initial pass, because their input has not moved yet (layer 1's input never moves);
+    for l >= 2 the initial pass's graph carries the pullback to the input. `pulled`: active layers l >= 2,
+    whose weighted error is pulled back into x^{l-1}. `grad`: latent layers that get a gradient this step.
+    `coast`: latent layers that got one earlier and now move by their momentum alone. `final`: layers whose
+    energy is computed for the last time (the energy a step reports)."""
+
+    first: int
+    evaluate: tuple[int, ...]
+    reuse: tuple[int, ...]
+    pulled: tuple[int, ...]
+    grad: tuple[int, ...]
+    coast: tuple[int, ...]
+    final: tuple[int, ...]
+
+    @property
+    def active(self) -> tuple[int, ...]:
+        """Layers whose energy has a non-zero weight at this step (within the wavefront)."""
+        return tuple(sorted(self.evaluate + self.reuse))
+
+
 class StepOutput(NamedTuple):
     """Detached results of one step: the weight loss, and per-layer energies ([L], summed over the batch
     and divided by its size) of the last inference step (of the output loss alone without inference)."""
@@ -97,6 +121,7 @@ class PCEngine:
         output_energy: str = "se",
         num_classes: int,
         autocast_dtype: torch.dtype | None = None,
+        skip_below: float = 0.0,
     ):
         self.model = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
         self.blocks = list(self.model)
@@ -130,13 +155,47 @@ class PCEngine:
         self._offset = [0, 0]
         for l in range(1, self.L):
             self._offset.append(self._offset[-1] + counts[l])
-        pi = table.inference.to(self.device, self.dtype)
-        # The wavefront: step t's energy holds the layers l >= L - t only.
-        self._first_active = [max(1, self.L - t) for t in range(self.T)]
-        self._pi = [list(row.unbind()) for row in pi]
+        if not skip_below >= 0.0:
+            raise ValueError(f"skip_below must be zero or positive, got {skip_below}")
+        self.skip_below = skip_below
+        # Weights under skip_below count as zero (an explicit approximation; 0 keeps the table exact).
+        inference = table.inference.masked_fill(table.inference.abs() < skip_below, 0.0)
+        self._pi = [list(row.unbind()) for row in inference.to(self.device, self.dtype)]
         self._pi_learn = table.learning.to(self.device, self.dtype)
         self._lrs = [self._flat_lrs(self._step_lrs(t, lr, decay_last_lr)) for t in range(self.T)]
         self._buffers: list[torch.Tensor] = []
+        weighted = [[bool(w != 0.0) for w in row] for row in inference.tolist()]
+        self.plan = self._make_plan(weighted)
+        """The steps as run: zero weights skipped."""
+        self.recording_plan = self._make_plan([[True] * self.L] * self.T)
+        """Every layer within the wavefront at every step (same states; used when energies are recorded)."""
+        # Blocks whose initial-pass graph carries a pullback: their detached inputs must require grad.
+        self._graph_inputs = frozenset(l for p in (*self.plan, *self.recording_plan) for l in p.reuse if l >= 2)
+
+    def _make_plan(self, weighted: list[list[bool]]) -> list[StepPlan]:
+        """One StepPlan per step from the table's non-zero pattern (weighted[t][l-1]) and the wavefront.
+
+        A latent state that has never had a gradient (nor, therefore, momentum) still equals its initial
+        prediction, so the block it feeds predicts mu_0 again; with a normalisation policy whose inference
+        passes are pure and an update rule that keeps the initial pass's per-block graph, that block is not
+        called: its initial output and graph stand in."""
+        L, steps = self.L, []
+        pure = bool(getattr(self.norm, "pure_inference", False))
+        local_graph = self.update.initial_graph == "local"
+        touched: set[int] = set()
+        last_seen = [-1] * (L + 1)
+        for t in range(self.T):
+            first = max(1, L - t)  # the wavefront: only layers l >= L - t carry error at step t
+            active = [l for l in range(first, L + 1) if weighted[t][l - 1]]
+            for l in active:
+                last_seen[l] = t
+            reuse = tuple(l for l in active if pure and (l == 1 or (local_graph and l - 1 not in touched)))
+            grad = sorted({k for l in active for k in (l - 1, l) if 1 <= k < L})
+            coast = sorted(touched - set(grad)) if self.momentum != 0.0 else []
+            touched |= set(grad)
+            steps.append(StepPlan(first, tuple(l for l in active if l not in reuse), reuse,
+                                  tuple(l for l in active if l >= 2), tuple(grad), tuple(coast), ()))
+        return [p._replace(final=tuple(l for l in p.active if last_seen[l] == t)) for t, p in enumerate(steps)]
 
     def _declared_weights(self, l: int) -> tuple[float, ...] | None:
         declare = getattr(self.blocks[l - 1], "part_weights", None)
@@ -189,19 +248,26 @@ class PCEngine:
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
 
-    def _initial_pass(self, x0: torch.Tensor) -> list[State]:
-        """mu_0 for every layer, with the graph the update rule asked for."""
+    def _initial_pass(self, x0: torch.Tensor) -> tuple[list[State], list[State | None]]:
+        """mu_0 for every layer, with the graph the update rule asked for, and the (detached) input each
+        block saw where inference will pull back through that block's initial graph (else None)."""
         mode = self.update.initial_graph
         self.norm.set_phase(self.model, "forward" if mode == "none" else "learning")
         mu: list[State] = [x0]
+        inputs: list[State | None] = [None] * (self.L + 1)
         grad = torch.enable_grad() if mode != "none" else torch.no_grad()
         with grad, self._autocast():
             for l, block in enumerate(self.blocks, start=1):
-                inp = _map(torch.Tensor.detach, mu[-1]) if mode == "local" else mu[-1]
+                inp = mu[-1]
+                if mode == "local":
+                    inp = _map(torch.Tensor.detach, inp)
+                    if l in self._graph_inputs:
+                        inp = _map(lambda t: t.requires_grad_(True), inp)
+                        inputs[l] = inp
                 out = block(inp)
                 self._check_structure(l, out)
                 mu.append(out)
-        return mu
+        return mu, inputs
 
     def _check_structure(self, l: int, prediction: State) -> None:
         """A block must predict the structure its layer declares (one tensor, or one tensor per weight)."""
@@ -225,8 +291,10 @@ class PCEngine:
     # --- inference -----------------------------------------------------------------------------
 
     def infer(self, x0: torch.Tensor, y: torch.Tensor, *, record: bool = False) -> InferenceTrace:
-        """Initial forward pass, output node from the nudging method, then T inference steps."""
-        initial = self._initial_pass(x0)
+        """Initial forward pass, output node from the nudging method, then T inference steps. With
+        `record`, every block within the wavefront is evaluated at every step (zero weights included) so
+        that every energy is known; the states are the same."""
+        initial, inputs = self._initial_pass(x0)
         L = self.L
         target = self.one_hot(y)
         out_node, scale = self.nudging.output_node(initial[L].detach().to(self.dtype), target)
@@ -250,59 +318,71 @@ class PCEngine:
         params = [p for p in self.model.parameters() if p.requires_grad]
         for p in params:
             p.requires_grad_(False)
+        plan = self.recording_plan if record else self.plan
         try:
-            final = self._inference_steps(states, latent, initial, buffers, energies, part_energies)
+            final = self._inference_steps(plan, states, latent, initial, inputs, buffers, energies, part_energies)
         finally:
             for p in params:
                 p.requires_grad_(True)
         return InferenceTrace(states, initial, energies, final, scale, target, part_energies)
 
-    def _inference_steps(self, states, latent, initial, buffers, energies, part_energies) -> torch.Tensor:
-        """The T steps, updating `latent` (and so `states`) in place; returns the energies [L] of the last
-        step."""
-        L, offset = self.L, self._offset
-        reuse_first = getattr(self.norm, "pure_inference", False)
-        pi, m = self._pi, self.momentum
+    def _inference_steps(self, plan, states, latent, initial, inputs, buffers, energies, part_energies):
+        """The T steps of `plan`, updating `latent` (and so `states`) in place; returns each layer's energy
+        [L] at the last step that evaluated it (0 for a layer no step evaluated)."""
+        L, offset, m = self.L, self._offset, self.momentum
+        final = torch.zeros(L, device=self.device, dtype=self.dtype)
+        flat = [list(range(offset[k], offset[k + 1])) for k in range(L)]  # flat indices of layer k's parts
         with torch.enable_grad():
-            for t in range(self.T):
-                first = self._first_active[t]  # lowest layer whose energy enters E_t
-                lo = offset[max(1, first - 1)]  # first flat state with a gradient: it feeds block `first`
-                preds: list[State | None] = [None] * (L + 1)
+            for t, step in enumerate(plan):
+                pi = self._pi[t]
+                preds: dict[int, State] = {}
                 with self._autocast():
-                    for l in range(first, L + 1):
-                        if l == 1 and reuse_first:
-                            preds[1] = _map(torch.Tensor.detach, initial[1])  # x^0 is fixed: f_1(x^0) = mu^1_0
-                        else:
-                            preds[l] = self.blocks[l - 1](states[l - 1])
+                    for l in step.evaluate:
+                        preds[l] = self.blocks[l - 1](states[l - 1])
+                for l in step.reuse:  # the input has not moved: f_l(x^{l-1}) is mu^l_0
+                    preds[l] = initial[l] if l >= 2 else _map(torch.Tensor.detach, initial[1])
                 # Descent directions -dE_t/dx, one autograd call for all layers: the weighted error
-                # pi_l (x^l - mu^l) of each layer above, pulled back through its block, minus the
-                # layer's own weighted error.
-                werr: list[State | None] = [None] * first + [
-                    self._weighted_error(l, states[l], preds[l], pi[t][l - 1]) for l in range(first, L + 1)
-                ]
-                outputs, seeds = [], []
-                for l in range(max(first, 2), L + 1):  # blocks whose input is a latent state
+                # pi_l (x^l - mu^l) of each active layer above, pulled back through its block (or through
+                # its initial graph), minus the layer's own weighted error.
+                werr = {l: self._weighted_error(l, states[l], preds[l], pi[l - 1]) for l in step.active}
+                outputs, seeds, sources = [], [], []
+                for l in step.pulled:
                     for mu, e in zip(parts(preds[l]), parts(werr[l]), strict=True):
                         outputs.append(mu)
                         seeds.append(e.to(mu.dtype))
-                directions = _unaliased(torch.autograd.grad(
-                    outputs, latent[lo:], seeds, allow_unused=True, materialize_grads=True
-                ), seeds)
-                for l in range(first, L):
-                    for i, e in enumerate(parts(werr[l]), start=offset[l] - lo):
-                        directions[i].sub_(e)
+                    sources += parts(inputs[l]) if l in step.reuse else parts(states[l - 1])
+                pulled = _unaliased(torch.autograd.grad(
+                    outputs, sources, seeds, retain_graph=bool(step.reuse), allow_unused=True,
+                    materialize_grads=True,
+                ), seeds) if outputs else []
+                directions: list[torch.Tensor] = []
+                for k in step.grad:
+                    own = parts(werr[k]) if k in werr else None
+                    if k + 1 in werr:
+                        back = pulled[: len(flat[k])]
+                        pulled = pulled[len(flat[k]) :]
+                        directions += back if own is None else [b.sub_(e) for b, e in zip(back, own, strict=True)]
+                    else:
+                        directions += [torch.neg(e) for e in own]
                 if energies is not None:
-                    energies[t, first - 1 :] = self._energies(states, preds, first)
+                    energies[t, step.first - 1 :] = self._energies(states, preds, range(step.first, L + 1))
                 if part_energies is not None:
                     with torch.no_grad():
-                        for l in range(first, L + 1):
+                        for l in range(step.first, L + 1):
                             for p, e in enumerate(self.part_energies(l, states[l], preds[l])):
                                 part_energies[t, l - 1, p] = e
+                if step.final:
+                    index = torch.tensor([l - 1 for l in step.final], device=self.device)
+                    final.index_copy_(0, index, self._energies(states, preds, step.final))
                 with torch.no_grad():
-                    self._sgd(latent[lo:], directions, buffers[lo:], self._lrs[t][lo:], m)
-        final = self._energies(states, preds, first)
-        if first > 1:
-            final = torch.cat([final.new_zeros(first - 1), final])
+                    moving = [i for k in step.grad for i in flat[k]]
+                    self._sgd([latent[i] for i in moving], directions, [buffers[i] for i in moving],
+                              [self._lrs[t][i] for i in moving], m)
+                    if step.coast:
+                        coasting = [i for k in step.coast for i in flat[k]]
+                        self._coast([latent[i] for i in coasting], [buffers[i] for i in coasting],
+                                    [self._lrs[t][i] for i in coasting], m)
+                del preds, werr, outputs, seeds, sources, directions  # free this step's graph before the next
         return final
 
     @torch.no_grad()
@@ -321,20 +401,33 @@ class PCEngine:
         return torch.sub(x, pred.to(x.dtype)).mul_(weight)
 
     @torch.no_grad()
-    def _energies(self, states, preds, first: int) -> torch.Tensor:
-        """Energies e_first..e_L (summed over the batch) of the given predictions."""
-        return torch.stack([self.layer_energy(l, states[l], preds[l]) for l in range(first, self.L + 1)])
+    def _energies(self, states, preds, layers) -> torch.Tensor:
+        """Energies (summed over the batch) of the given layers' predictions."""
+        return torch.stack([self.layer_energy(l, states[l], preds[l]) for l in layers])
 
     def _sgd(self, xs, directions, bufs, lrs: list[float], m: float) -> None:
         """One SGD step with (Nesterov) momentum in PyTorch's convention (b = m b + g; step g + m b, or b),
         written for descent directions d = -g so that every operation is in place."""
-        if m != 0.0:
+        if m != 0.0 and xs:
             torch._foreach_mul_(bufs, m)
             torch._foreach_add_(bufs, directions)
             if self.nesterov:
                 torch._foreach_add_(directions, bufs, alpha=m)
             else:
                 directions = bufs
+        self._add_scaled(xs, directions, lrs)
+
+    def _coast(self, xs, bufs, lrs: list[float], m: float) -> None:
+        """The SGD step of states whose gradient is zero this step: exactly `_sgd` with zero directions
+        (b = m b; step m b with Nesterov, else b), without making the zeros."""
+        torch._foreach_mul_(bufs, m)
+        self._add_scaled(xs, torch._foreach_mul(bufs, m) if self.nesterov else bufs, lrs)
+
+    @staticmethod
+    def _add_scaled(xs, directions, lrs: list[float]) -> None:
+        """x += lr * d for each state, in one foreach call when the rates agree."""
+        if not xs:
+            return
         if all(r == lrs[0] for r in lrs):
             torch._foreach_add_(xs, directions, alpha=lrs[0])
         else:
@@ -367,9 +460,11 @@ class PCEngine:
             self.model.train()
         trace = self.infer(x0, y)
         loss = self.learning_loss(trace)
-        for p in self.model.parameters():
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        for p in trainable:
             p.grad = None
-        loss.backward()
+        # Only the weights: the initial graph's inputs may require grad (for inference's pullbacks).
+        torch.autograd.backward(loss, inputs=trainable)
         if trace.final_energy is not None:
             energy = trace.final_energy
         else:

@@ -46,12 +46,13 @@ class Constant:
 @attrs.define(frozen=True)
 class SpikingParams:
     peak: float = attrs.field(default=1.0, validator=_positive)
-    base: float = attrs.field(default=0.001, validator=_positive)
+    base: float = attrs.field(default=0.001, validator=attrs.validators.ge(0))
     learning: LearningRow = "ones"
 
 
 class Spiking:
-    """`peak` on the layer the error has just reached (t == L - l), `base` everywhere else."""
+    """`peak` on the layer the error has just reached (t == L - l), `base` everywhere else. `base = 0` is the
+    pure spike: the engine then skips every zero-weighted block, and S+F costs about what backprop does."""
 
     def __init__(self, params: SpikingParams):
         self.params = params
