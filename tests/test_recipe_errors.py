@@ -227,8 +227,7 @@ def test_out_of_range(tmp_path, capsys, text, expected):
         ('[precision]\nname = "decaying"\nk = -1\n', "precision.k: 'k' must be >= 0: -1.0"),
         ('[precision]\nname = "decaying"\nvariant = "pcx"\n',
          'precision.variant: expected one of "paper", "reference", got "pcx"'),
-        ('[precision]\nname = "spiking"\nbase = 0\n', "precision.base: 'base' must be > 0: 0.0"),
-        ('[precision]\nname = "spiking"\nbase = -1\n', "precision.base: 'base' must be > 0: -1.0"),
+        ('[precision]\nname = "spiking"\nbase = -1\n', "precision.base: 'base' must be >= 0: -1.0"),
         ('[precision]\nname = "spiking"\npeak = 0\n', "precision.peak: 'peak' must be > 0: 0.0"),
         ('[normalization]\nname = "frozen"\nmomentum = 0\n', "normalization.momentum: 'momentum' must be > 0: 0.0"),
         ('[normalization]\nname = "batchnorm"\nmomentum = 1.5\n',
@@ -283,10 +282,10 @@ def test_component_params_validator_reports_the_key_path(tmp_path, capsys):
 
 
 def test_builtin_component_rules_stop_a_run_before_anything_is_written(tmp_path, capsys, builtin_registry):
-    text = '[precision]\nname = "spiking"\nbase = 0\n[train]\nepochs = 1\nmax_batches = 1\n'
+    text = '[precision]\nname = "spiking"\nbase = -0.5\n[train]\nepochs = 1\nmax_batches = 1\n'
     path = write(tmp_path, "bad.toml", text)
     assert main(["run", str(path), "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err == f"pccore: error: {path}: precision.base: 'base' must be > 0: 0.0\n"
+    assert capsys.readouterr().err == f"pccore: error: {path}: precision.base: 'base' must be >= 0: -0.5\n"
     assert not (tmp_path / "o").exists()
 
 

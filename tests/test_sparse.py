@@ -182,11 +182,9 @@ def test_a_pure_spike_step_points_along_the_backprop_gradient():
     """With nothing but the spike, S+F on a tanh MLP gives each layer's update the direction of the
     backprop gradient (cosine 1 to 1e-9, no momentum, se output): each spike leaves (1 - lr_x) of the
     backprop error in its layer and hands lr_x of it down. (At lr_x = 1 it would hand all of it on.)"""
-    from pccore.assemble import Assembly
     from pccore.diagnose import diagnose_batch
 
     blocks = tanh_mlp([6, 8, 8, 8, 3])
     eng = engine(blocks, Spiking(SpikingParams(base=0.0)).table(4, 4), FWD, lr=0.5, num_classes=3)
-    report = diagnose_batch(Assembly(blocks, eng, eng.table, {}), torch.randn(16, 6, dtype=torch.float64),
-                            torch.randint(0, 3, (16,)))
+    report = diagnose_batch(eng, torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,)))
     assert report["cosine_to_bp"] == pytest.approx([1.0] * 4, abs=1e-9)
