@@ -53,6 +53,8 @@ class Setup:
 ALGORITHMS: dict[str, tuple[str, list[str]]] = {
     "sf": ("S+F (BF)", ["precision.name=spiking", "update.name=forward", "normalization.name=frozen"]),
     "pc": ("PC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen"]),
+    "sf0": ("S+F pure spike (BF)", ["precision.name=spiking", "precision.base=0.0", "update.name=forward",
+                                    "normalization.name=frozen"]),
 }
 """Short name -> (display name, `--set` arguments). Backprop is measured by `pccore bench` in every row."""
 

@@ -262,6 +262,7 @@ def make_engine(
     momentum: float = 0.0,
     nesterov: bool = True,
     decay_last_lr: bool = False,
+    skip_below: float = 0.0,
     output_energy: str = "se",
     autocast_dtype: torch.dtype | None = None,
     compile: bool = False,
@@ -302,7 +303,7 @@ def make_engine(
         else:
             objects[argument] = _check_object(argument, value)
     settings = {"steps": steps, "lr": lr, "momentum": momentum, "nesterov": nesterov,
-                "decay_last_lr": decay_last_lr}
+                "decay_last_lr": decay_last_lr, "skip_below": skip_below}
     recipe = recipe_from_dict(
         {**sections, "inference": settings, "model": {"output_energy": output_energy}},
         source="make_engine", registry=registry,
@@ -330,6 +331,7 @@ def make_engine(
         momentum=recipe.inference.momentum,
         nesterov=recipe.inference.nesterov,
         decay_last_lr=recipe.inference.decay_last_lr,
+        skip_below=recipe.inference.skip_below,
         output_energy=recipe.model.output_energy,
         num_classes=num_classes,
         autocast_dtype=autocast_dtype,

@@ -227,6 +227,7 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
         momentum=inference.momentum,
         nesterov=inference.nesterov,
         decay_last_lr=inference.decay_last_lr,
+        skip_below=inference.skip_below,
         output_energy=recipe.model.output_energy,
         num_classes=spec.num_classes,
         autocast_dtype=autocast_dtype(recipe, device),

@@ -114,6 +114,20 @@ def build_pair(recipe: Any, spec: DataSpec, device: torch.device, registry: Any)
     return pc, bp
 
 
+def variant_recipes(path: str, overrides: Sequence[str], variants: Sequence[str], registry: Any) -> list:
+    """(label, recipe) for each `--variant`: the recipe file with its --set overrides and then the
+    variant's own (';' separates several in one variant)."""
+    from pccore.recipe import load_recipe
+
+    out = []
+    for variant in variants:
+        extra = [v.strip() for v in variant.split(";") if v.strip()]
+        if not extra:
+            raise UsageError(f"--variant {variant!r}: expected KEY=VALUE overrides, e.g. --variant precision.base=0")
+        out.append((" ".join(extra), load_recipe(path, [*overrides, *extra], registry)))
+    return out
+
+
 # --- measuring -----------------------------------------------------------------------------------
 
 
@@ -277,26 +291,40 @@ def check_counts(steps: int, warmup: int) -> None:
 
 def run_bench(
     recipe: Any, registry: Any, device: torch.device, *, steps: int, warmup: int, label: str = "",
-    cpu_memory: bool = True,
+    cpu_memory: bool = True, variants: Sequence[tuple[str, Any]] = (),
 ) -> dict[str, Any]:
     """Time `recipe` against its backprop copy and measure both peaks; the report `pccore bench --json`
-    prints. `cpu_memory=False` skips the CPU memory workers (the peaks are then None off CUDA)."""
+    prints. `cpu_memory=False` skips the CPU memory workers (the peaks are then None off CUDA). Each of
+    `variants` ((label, recipe) pairs) is timed in the same rounds, from the same weights."""
     check_counts(steps, warmup)
     spec, x, y = first_batch(recipe, registry, device, smoke=True)
     pc, bp = build_pair(recipe, spec, device, registry)
-    timings = time_interleaved([pc, bp], x, y, steps, warmup, device)
+    others = []
+    for index, (_, variant) in enumerate(variants):
+        trainer = build_trainer(f"variant{index}", variant, spec, device, registry)
+        trainer.assembly.blocks.load_state_dict(pc.assembly.blocks.state_dict())
+        others.append(trainer)
+    timings = time_interleaved([pc, *others, bp], x, y, steps, warmup, device)
     layers = pc.assembly.engine.L
-    del pc, bp
+    del pc, bp, others
     if device.type == "cuda":
-        memory = "torch.cuda.max_memory_allocated per step, less the other model's resident tensors"
-        pc_mb, bp_mb = timings["pc"].peak_mb, timings["bp"].peak_mb
+        memory = "torch.cuda.max_memory_allocated per step, less the other models' resident tensors"
+        peaks = {name: t.peak_mb for name, t in timings.items()}
     elif cpu_memory:
         memory = "peak RSS growth of a separate process per algorithm"
-        pc_mb, bp_mb = measure_rss(recipe, "pc"), measure_rss(recipe, "bp")
+        peaks = {"pc": measure_rss(recipe, "pc"), "bp": measure_rss(recipe, "bp")}
+        peaks |= {f"variant{i}": measure_rss(v, "pc") for i, (_, v) in enumerate(variants)}
     else:
         memory = "not measured"
-        pc_mb = bp_mb = None
+        peaks = dict.fromkeys(timings)
+    pc_mb, bp_mb = peaks["pc"], peaks["bp"]
     pc_s, bp_s = timings["pc"].median, timings["bp"].median
+    rows = []
+    for index, (name, variant) in enumerate(variants):
+        timing, peak = timings[f"variant{index}"], peaks[f"variant{index}"]
+        rows.append({"variant": name, "update": variant.update.name, "precision": variant.precision.name,
+                     "step_s": timing.median, "ratio": timing.median / bp_s, "peak_mb": peak,
+                     "samples_s": timing.seconds})
     return {
         "recipe": label or recipe.run.name,
         "model": recipe.model.name,
@@ -323,6 +351,7 @@ def run_bench(
         "memory": memory,
         "pc_samples_s": timings["pc"].seconds,
         "bp_samples_s": timings["bp"].seconds,
+        "variants": rows,
     }
 
 
@@ -341,6 +370,11 @@ def format_report(report: dict[str, Any]) -> str:
         ("backprop", f"{report['bp_step_s']:.4f}", _mb(report["bp_peak_mb"])),
         ("ratio pc / bp", f"{report['ratio']:.2f}x", _ratio(report["pc_peak_mb"], report["bp_peak_mb"])),
     ]
+    for row in report.get("variants", []):
+        rows += [
+            (f"with {row['variant']}", f"{row['step_s']:.4f}", _mb(row["peak_mb"])),
+            ("  ratio to bp", f"{row['ratio']:.2f}x", _ratio(row["peak_mb"], report["bp_peak_mb"])),
+        ]
     head = ("", "s/step", "peak MB")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     lines = [
@@ -366,15 +400,17 @@ def _ratio(pc: float | None, bp: float | None) -> str:
 
 
 def bench_command(args: argparse.Namespace) -> int:
-    """`pccore bench RECIPE [--set ...] [--steps N] [--warmup W] [--device D] [--json]`."""
+    """`pccore bench RECIPE [--set ...] [--variant ...] [--steps N] [--warmup W] [--device D] [--json]`."""
     from pccore.plugins import get_registry
     from pccore.recipe import load_recipe
 
     check_counts(args.steps, args.warmup)
     registry = get_registry()
     recipe = load_recipe(args.recipe, args.overrides, registry)
+    variants = variant_recipes(args.recipe, args.overrides, getattr(args, "variants", []), registry)
     device = resolve_device(args.device or recipe.run.device)
-    report = run_bench(recipe, registry, device, steps=args.steps, warmup=args.warmup, label=args.recipe)
+    report = run_bench(recipe, registry, device, steps=args.steps, warmup=args.warmup, label=args.recipe,
+                       variants=variants)
     print(json.dumps(report) if args.json else format_report(report))
     return 0
 

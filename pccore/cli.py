@@ -125,8 +125,13 @@ def build_parser() -> argparse.ArgumentParser:
                                'FILE.png (needs pip install "pccore[plot]")')
 
     bench = _sub(subs, "bench", "time training steps of a recipe against backprop on the same model",
-                 "  pccore bench recipes/vgg5_cifar10_sf_bf.toml --set model.width=0.25 --steps 5\n")
+                 "  pccore bench recipes/vgg5_cifar10_sf_bf.toml --set model.width=0.25 --steps 5\n"
+                 "  pccore bench recipes/vgg5_cifar10_sf_bf.toml --variant precision.base=0 "
+                 "--variant 'inference.skip_below=0.01'\n")
     _add_recipe_args(bench)
+    bench.add_argument("--variant", dest="variants", action="append", default=[], metavar="KEY=VALUE[;...]",
+                       help="also time the recipe with these overrides (repeatable; ';' separates several), "
+                            "e.g. --variant precision.base=0 for the pure spike")
     bench.add_argument("--steps", type=int, default=5, help="timed steps after warm-up (default 5)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     bench.add_argument("--device", help="auto, cpu, cuda or cuda:N")

@@ -133,6 +133,52 @@ def test_format_report_exact():
     ]
 
 
+def test_bench_variants_are_timed_in_the_same_rounds(recipe_path, capsys, monkeypatch):
+    """--variant precision.base=0 adds the pure spike, timed with the others; ';' joins two overrides."""
+    monkeypatch.setattr(bench, "measure_rss", lambda recipe, algorithm: 10.0 + recipe.precision.params.base)
+    assert main(["bench", str(recipe_path), "--steps", "2", "--warmup", "0", "--json",
+                 "--variant", "precision.base=0", "--variant", "precision.base=0.5; inference.skip_below=0.6"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [v["variant"] for v in report["variants"]] == ["precision.base=0",
+                                                          "precision.base=0.5 inference.skip_below=0.6"]
+    for row, peak in zip(report["variants"], (10.0, 10.5), strict=True):
+        assert len(row["samples_s"]) == 2
+        assert row["ratio"] == pytest.approx(row["step_s"] / report["bp_step_s"], rel=1e-12)
+        assert row["peak_mb"] == peak and (row["update"], row["precision"]) == ("forward", "spiking")
+    assert report["pc_peak_mb"] == 10.001
+
+
+def test_variant_trainers_start_from_the_recipes_weights(recipe_path):
+    registry = get_registry()
+    recipe = load_recipe(recipe_path, (), registry)
+    (label, variant), = bench.variant_recipes(str(recipe_path), [], ["precision.base=0"], registry)
+    assert label == "precision.base=0" and variant.precision.params.base == 0.0
+    seen = []
+
+    def record(trainers, *args):
+        seen.append([(t.name, copy.deepcopy(t.assembly.blocks.state_dict())) for t in trainers])
+        return real(trainers, *args)
+
+    real = bench.time_interleaved
+    bench.time_interleaved = record
+    try:
+        bench.run_bench(recipe, registry, torch.device("cpu"), steps=1, warmup=0, cpu_memory=False,
+                        variants=[(label, variant)])
+    finally:
+        bench.time_interleaved = real
+    (pc, pc_state), (name, state), (bp, _) = seen[0]
+    assert (pc, name, bp) == ("pc", "variant0", "bp")
+    assert state.keys() == pc_state.keys()
+    assert all(torch.equal(state[k], pc_state[k]) for k in state)
+
+
+def test_a_variant_without_overrides_is_refused(recipe_path, capsys):
+    assert main(["bench", str(recipe_path), "--variant", " ; "]) == 2
+    assert capsys.readouterr().err == (
+        "pccore: error: --variant ' ; ': expected KEY=VALUE overrides, e.g. --variant precision.base=0\n"
+    )
+
+
 @pytest.mark.parametrize(("flag", "value", "message"), [
     ("--steps", "0", "--steps must be at least 1 (the number of timed steps per algorithm), got 0"),
     ("--warmup", "-1", "--warmup must be 0 or more (untimed steps before timing), got -1"),

@@ -52,6 +52,9 @@ RESNETS = sorted(
 MUPC = ["mupc_digits_d32", "mupc_digits_d128", "mupc_digits_d32_standard", "mupc_digits_d128_standard"]
 MUPC_RULE = re.compile(r"mupc_digits_d(\d+)(_standard)?")
 """muPC (DEEPER.md, section B) and its standard-parameterisation twins: mupc_digits_d<H>[_standard]."""
+PURE_SPIKE = ["vgg5_cifar10_sf0_bf", "vgg7_cifar10_sf0_bf", "vgg10_cifar10_sf0_bf", "vgg15_tinyimagenet_sf0_bf",
+              "quickstart_sf0"]
+"""The pure-spike twins (spiking base 0) of S+F recipes: <twin>_sf0_bf extends <twin>_sf_bf."""
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
 STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
@@ -77,7 +80,7 @@ def _names(files: list[Path]) -> list[str]:
 
 def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
-    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC)
+    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE)
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=_names(SHIPPED))
@@ -87,7 +90,7 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
     if path.stem in QUICKSTARTS:
         assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
         return
-    if path.stem in RESNETS:
+    if path.stem in RESNETS or path.stem in PURE_SPIKE:
         return  # checked value by value below
     if path.stem in MUPC:
         depth, standard = MUPC_RULE.fullmatch(path.stem).groups()
@@ -319,10 +322,25 @@ def test_a_standard_twin_differs_only_in_the_parameterisation_and_the_learning_r
     assert mupc == standard
 
 
+# --- the pure spike -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", PURE_SPIKE)
+def test_a_pure_spike_recipe_is_its_twin_with_base_zero(name: str) -> None:
+    twin = "quickstart" if name == "quickstart_sf0" else name.replace("_sf0_bf", "_sf_bf")
+    pure = recipe_to_dict(load_recipe(_path(name)))
+    dense = recipe_to_dict(load_recipe(_path(twin)))
+    assert (pure["precision"]["name"], pure["precision"]["base"], dense["precision"]["base"]) == (
+        "spiking", 0.0, 0.001)
+    for recipe in (pure, dense):
+        del recipe["precision"]["base"], recipe["run"]["name"]
+    assert pure == dense
+
+
 # --- running ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC)
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE)
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"

@@ -11,6 +11,7 @@ within the wavefront at every step.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -188,3 +189,24 @@ def test_a_pure_spike_step_points_along_the_backprop_gradient():
     eng = engine(blocks, Spiking(SpikingParams(base=0.0)).table(4, 4), FWD, lr=0.5, num_classes=3)
     report = diagnose_batch(eng, torch.randn(16, 6, dtype=torch.float64), torch.randint(0, 3, (16,)))
     assert report["cosine_to_bp"] == pytest.approx([1.0] * 4, abs=1e-9)
+
+
+def test_recipes_and_the_api_carry_skip_below_to_the_engine(tmp_path):
+    """inference.skip_below reaches the engine from a recipe and from make_engine, and is checked."""
+    import pccore
+    from pccore.assemble import assemble
+    from pccore.cli import main
+    from pccore.plugins import get_registry
+    from pccore.recipe import load_recipe
+
+    recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
+    registry = get_registry()
+    recipe = load_recipe(recipe_path, ["inference.skip_below=0.01"], registry)
+    spec = registry.build("dataset", recipe.data.name, recipe.data.params).spec()
+    engine_ = assemble(recipe, spec, torch.device("cpu"), registry).engine
+    assert engine_.skip_below == 0.01
+    assert [p.active for p in engine_.plan] == [(5,), (4,), (3,), (2,), (1,)]
+    made = pccore.make_engine(tanh_mlp([4, 5, 3]), num_classes=3, precision="spiking", update="forward",
+                              steps=2, skip_below=0.01)
+    assert [p.active for p in made.plan] == [(2,), (1,)]
+    assert main(["recipe", "check", str(recipe_path), "--set", "inference.skip_below=-1"]) == 2

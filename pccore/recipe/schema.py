@@ -110,6 +110,8 @@ class InferenceSection:
     momentum: float = attrs.field(default=0.0, validator=expect(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     nesterov: bool = True
     decay_last_lr: bool = False
+    skip_below: float = attrs.field(default=0.0, validator=expect(lambda v: v >= 0, "a number >= 0"))
+    """Precision weights below this count as zero, so their blocks are skipped (an approximation; 0 = exact)."""
 
 
 @attrs.frozen
