@@ -36,6 +36,26 @@ def _map(fn, state: State) -> State:
     return tuple(fn(p) for p in state) if isinstance(state, tuple) else fn(state)
 
 
+class HalfSquaredError(torch.autograd.Function):
+    """1/2 ||x - mu||^2 summed over every element, with its backward written out: the gradient is
+    +-(x - mu) times the incoming scalar, one elementwise product per input, where autograd's own chain
+    (sub, pow, sum) makes several passes over the tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mu: torch.Tensor) -> torch.Tensor:
+        err = x - mu
+        ctx.save_for_backward(err)
+        return 0.5 * err.square().sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (err,) = ctx.saved_tensors
+        return (
+            err * grad if ctx.needs_input_grad[0] else None,
+            err * -grad if ctx.needs_input_grad[1] else None,
+        )
+
+
 def _unaliased(directions: Sequence[torch.Tensor], seeds: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """Autograd may hand one tensor to several inputs (both parts of a sum) or hand a seed straight back
     (an identity-predicted part); the in-place updates that follow need each direction to own its memory."""
@@ -55,17 +75,23 @@ class StepPlan(NamedTuple):
     `evaluate`: layers whose prediction is computed by calling their block. `reuse`: layers whose prediction
     is mu^l_0 from the initial pass, because their input has not moved yet (layer 1's input never moves);
     for l >= 2 the initial pass's graph carries the pullback to the input. `pulled`: active layers l >= 2,
-    whose weighted error is pulled back into x^{l-1}. `grad`: latent layers that get a gradient this step.
-    `coast`: latent layers that got one earlier and now move by their momentum alone. `final`: layers whose
-    energy is computed for the last time (the energy a step reports)."""
+    whose weighted error is pulled back into x^{l-1}. `grad`: latent layers that get a gradient this step,
+    `fresh` those among them that get their first (their momentum buffer starts from it). `final`: layers
+    whose energy is computed for the last time (the energy a step reports).
+
+    A layer with momentum and no gradient coasts: with zero gradient for n steps at rates r_1..r_n, SGD moves
+    it by b * sum_i r_i m^(i+1) (Nesterov; m^i without) and leaves its buffer at m^n b. Rather than take
+    those steps one by one, the engine settles them at once, at the end of the step before the layer is
+    next read or updated (or at the end of inference): `settle` lists (flat state index, sum, m^n)."""
 
     first: int
     evaluate: tuple[int, ...]
     reuse: tuple[int, ...]
     pulled: tuple[int, ...]
     grad: tuple[int, ...]
-    coast: tuple[int, ...]
+    fresh: tuple[int, ...]
     final: tuple[int, ...]
+    settle: tuple[tuple[int, float, float], ...] = ()
 
     @property
     def active(self) -> tuple[int, ...]:
@@ -190,12 +216,32 @@ class PCEngine:
             for l in active:
                 last_seen[l] = t
             reuse = tuple(l for l in active if pure and (l == 1 or (local_graph and l - 1 not in touched)))
+            evaluate = tuple(l for l in active if l not in reuse)
             grad = sorted({k for l in active for k in (l - 1, l) if 1 <= k < L})
-            coast = sorted(touched - set(grad)) if self.momentum != 0.0 else []
+            steps.append(StepPlan(first, evaluate, reuse, tuple(l for l in active if l >= 2), tuple(grad),
+                                  tuple(k for k in grad if k not in touched), ()))
             touched |= set(grad)
-            steps.append(StepPlan(first, tuple(l for l in active if l not in reuse), reuse,
-                                  tuple(l for l in active if l >= 2), tuple(grad), tuple(coast), ()))
-        return [p._replace(final=tuple(l for l in p.active if last_seen[l] == t)) for t, p in enumerate(steps)]
+        steps = [p._replace(final=tuple(l for l in p.active if last_seen[l] == t)) for t, p in enumerate(steps)]
+        if self.momentum == 0.0:
+            return steps
+        # A step reads a latent layer only where it also updates it (its own error, or the input of an active
+        # block), so a layer coasts from each gradient step to its next one, or to the end.
+        settle: list[list[tuple[int, float, float]]] = [[] for _ in steps]
+        for k in range(1, L):
+            updated = [t for t, p in enumerate(steps) if k in p.grad]
+            for t, needed in zip(updated, [*updated[1:], self.T][: len(updated)], strict=True):
+                pending = range(t + 1, needed)
+                if not pending:
+                    continue
+                for i in range(self._offset[k], self._offset[k + 1]):
+                    total = sum(self._lrs[u][i] * self._coast_factor(j) for j, u in enumerate(pending, start=1))
+                    settle[needed - 1].append((i, total, self.momentum ** len(pending)))
+        return [p._replace(settle=tuple(s)) for p, s in zip(steps, settle, strict=True)]
+
+    def _coast_factor(self, j: int) -> float:
+        """How far the j-th step without gradient moves a state, in units of lr * its buffer then."""
+        m = self.momentum
+        return m ** (j + 1) if self.nesterov else m**j
 
     def _declared_weights(self, l: int) -> tuple[float, ...] | None:
         declare = getattr(self.blocks[l - 1], "part_weights", None)
@@ -235,7 +281,7 @@ class PCEngine:
         mu = mu.to(x.dtype)
         if layer == self.L and self.output_energy == "ce":
             return -(x * F.log_softmax(mu, dim=-1)).sum()
-        return 0.5 * (x - mu).square().sum()
+        return HalfSquaredError.apply(x, mu)
 
     def part_energies(self, layer: int, x: State, mu: State) -> list[torch.Tensor]:
         """Each part's energy times its weight, summed over the batch; a single-tensor layer's energy is
@@ -243,7 +289,7 @@ class PCEngine:
         weights = self.part_weights[layer]
         if weights is None:
             return [self.layer_energy(layer, x, mu)]
-        return [w * 0.5 * (xp - mp.to(xp.dtype)).square().sum() for w, xp, mp in zip(weights, x, mu, strict=True)]
+        return [w * HalfSquaredError.apply(xp, mp.to(xp.dtype)) for w, xp, mp in zip(weights, x, mu, strict=True)]
 
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
@@ -281,11 +327,10 @@ class PCEngine:
         raise TypeError(f"block {l} returned {got}, but its layer needs {wanted}")
 
     def _momentum_buffers(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Zeroed momentum buffers for the states, reused from the last batch when the shapes agree."""
+        """Momentum buffers for the states, reused from the last batch when the shapes agree. Their contents
+        do not matter: a state's first SGD step of a batch overwrites its buffer."""
         if [(b.shape, b.dtype) for b in self._buffers] != [(s.shape, s.dtype) for s in states]:
-            self._buffers = [torch.zeros_like(s) for s in states]
-        else:
-            torch._foreach_zero_(self._buffers)
+            self._buffers = [torch.empty_like(s) for s in states]
         return self._buffers
 
     # --- inference -----------------------------------------------------------------------------
@@ -376,12 +421,12 @@ class PCEngine:
                     final.index_copy_(0, index, self._energies(states, preds, step.final))
                 with torch.no_grad():
                     moving = [i for k in step.grad for i in flat[k]]
+                    fresh = {i for k in step.fresh for i in flat[k]}
                     self._sgd([latent[i] for i in moving], directions, [buffers[i] for i in moving],
-                              [self._lrs[t][i] for i in moving], m)
-                    if step.coast:
-                        coasting = [i for k in step.coast for i in flat[k]]
-                        self._coast([latent[i] for i in coasting], [buffers[i] for i in coasting],
-                                    [self._lrs[t][i] for i in coasting], m)
+                              [self._lrs[t][i] for i in moving], m, [i in fresh for i in moving])
+                    if step.settle:
+                        index, totals, decays = zip(*step.settle, strict=True)
+                        self._settle([latent[i] for i in index], [buffers[i] for i in index], totals, decays)
                 del preds, werr, outputs, seeds, sources, directions  # free this step's graph before the next
         return final
 
@@ -405,23 +450,29 @@ class PCEngine:
         """Energies (summed over the batch) of the given layers' predictions."""
         return torch.stack([self.layer_energy(l, states[l], preds[l]) for l in layers])
 
-    def _sgd(self, xs, directions, bufs, lrs: list[float], m: float) -> None:
+    def _sgd(self, xs, directions, bufs, lrs: list[float], m: float, fresh: list[bool]) -> None:
         """One SGD step with (Nesterov) momentum in PyTorch's convention (b = m b + g; step g + m b, or b),
-        written for descent directions d = -g so that every operation is in place."""
+        written for descent directions d = -g so that every operation is in place. A state's first step
+        starts its buffer at d (PyTorch's b = g when there is no buffer yet), so buffers need no zeroing."""
         if m != 0.0 and xs:
-            torch._foreach_mul_(bufs, m)
-            torch._foreach_add_(bufs, directions)
+            kept = [(b, d) for b, d, f in zip(bufs, directions, fresh, strict=True) if not f]
+            if kept:
+                torch._foreach_mul_([b for b, _ in kept], m)
+                torch._foreach_add_([b for b, _ in kept], [d for _, d in kept])
+            for b, d, f in zip(bufs, directions, fresh, strict=True):
+                if f:
+                    b.copy_(d)
             if self.nesterov:
                 torch._foreach_add_(directions, bufs, alpha=m)
             else:
                 directions = bufs
         self._add_scaled(xs, directions, lrs)
 
-    def _coast(self, xs, bufs, lrs: list[float], m: float) -> None:
-        """The SGD step of states whose gradient is zero this step: exactly `_sgd` with zero directions
-        (b = m b; step m b with Nesterov, else b), without making the zeros."""
-        torch._foreach_mul_(bufs, m)
-        self._add_scaled(xs, torch._foreach_mul(bufs, m) if self.nesterov else bufs, lrs)
+    @staticmethod
+    def _settle(xs, bufs, totals, decays) -> None:
+        """Take the coasting steps of states without gradient at once: x += total * b, then b *= m^n."""
+        torch._foreach_add_(xs, torch._foreach_mul(bufs, list(totals)))
+        torch._foreach_mul_(bufs, list(decays))
 
     @staticmethod
     def _add_scaled(xs, directions, lrs: list[float]) -> None:

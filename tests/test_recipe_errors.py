@@ -101,7 +101,7 @@ def test_unknown_key_in_a_core_section(tmp_path, capsys):
     message, path = check_file(tmp_path, capsys, "[inference]\nstesp = 3\n")
     assert message == (
         f'{path}: inference.stesp: unknown key; did you mean "steps"? '
-        "valid: steps, lr, momentum, nesterov, decay_last_lr"
+        "valid: steps, lr, momentum, nesterov, decay_last_lr, skip_below"
     )
 
 
@@ -393,7 +393,7 @@ def test_set_of_a_key_that_does_not_exist(tmp_path, capsys):
     message, _ = check_file(tmp_path, capsys, "", "inference.stesp=3")
     assert message == (
         '--set inference.stesp=3: unknown key inference.stesp; did you mean "steps"? '
-        "valid: steps, lr, momentum, nesterov, decay_last_lr"
+        "valid: steps, lr, momentum, nesterov, decay_last_lr, skip_below"
     )
 
 
