@@ -375,7 +375,7 @@ class PCEngine:
         """The T steps of `plan`, updating `latent` (and so `states`) in place; returns each layer's energy
         [L] at the last step that evaluated it (0 for a layer no step evaluated)."""
         L, offset, m = self.L, self._offset, self.momentum
-        final = torch.zeros(L, device=self.device, dtype=self.dtype)
+        final: list[torch.Tensor | None] = [None] * L  # each layer's energy at its last evaluation
         flat = [list(range(offset[k], offset[k + 1])) for k in range(L)]  # flat indices of layer k's parts
         with torch.enable_grad():
             for t, step in enumerate(plan):
@@ -417,8 +417,8 @@ class PCEngine:
                             for p, e in enumerate(self.part_energies(l, states[l], preds[l])):
                                 part_energies[t, l - 1, p] = e
                 if step.final:
-                    index = torch.tensor([l - 1 for l in step.final], device=self.device)
-                    final.index_copy_(0, index, self._energies(states, preds, step.final))
+                    for l, e in zip(step.final, self._energies(states, preds, step.final), strict=True):
+                        final[l - 1] = e
                 with torch.no_grad():
                     moving = [i for k in step.grad for i in flat[k]]
                     fresh = {i for k in step.fresh for i in flat[k]}
@@ -428,7 +428,8 @@ class PCEngine:
                         index, totals, decays = zip(*step.settle, strict=True)
                         self._settle([latent[i] for i in index], [buffers[i] for i in index], totals, decays)
                 del preds, werr, outputs, seeds, sources, directions  # free this step's graph before the next
-        return final
+        zero = torch.zeros((), device=self.device, dtype=self.dtype)
+        return torch.stack([zero if e is None else e for e in final])
 
     @torch.no_grad()
     def _weighted_error(self, layer: int, x: State, pred: State, weight: torch.Tensor) -> State:
