@@ -89,7 +89,7 @@ class Trainer:
         tensors += [p.grad for p in model.parameters() if p.grad is not None]
         tensors += [v for state in self.optimizer.state.values() for v in state.values()
                     if isinstance(v, torch.Tensor)]
-        tensors += list(getattr(self.assembly.engine, "_buffers", []))
+        tensors += [b for buffers in self.assembly.engine._buffers.values() for b in buffers]
         storages = {}
         for t in tensors:
             if t.device.type == device_type:

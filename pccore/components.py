@@ -139,12 +139,23 @@ class UpdateRule(Protocol):
 
 @runtime_checkable
 class Nudging(Protocol):
+    """One optional member (see OPTIONAL_MEMBERS):
+
+    - `begin_batch() -> None`: called before every training step, outside the step itself. A method whose
+      output node changes from batch to batch draws the new values here, on the host, and writes them into
+      device tensors that `output_node` reads: a step replayed as a CUDA graph (`run.cuda_graphs`) runs
+      none of the step's Python code, so values drawn inside `output_node` would never change.
+    """
+
     def begin_epoch(self, seed: int, epoch: int) -> None:
         """Called at the start of every training epoch; a random method seeds itself from (seed, epoch)."""
         ...
 
-    def output_node(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        """The value the output node x^L is fixed to for this batch, and a factor on the weight update.
+    def output_node(
+        self, prediction: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        """The value the output node x^L is fixed to for this batch, and a factor on the weight update (a
+        number, or a 0-d tensor on the prediction's device when it changes from batch to batch).
 
         `prediction` is mu^L_0 (detached), `target` the one-hot labels.
         """
@@ -234,7 +245,7 @@ OPTIONAL_MEMBERS: dict[str, tuple[str, ...]] = {
     "precision": (),
     "update": (),
     "normalization": ("pure_inference", "prepare"),
-    "nudging": (),
+    "nudging": ("begin_batch",),
     "architecture": (),
     "dataset": (),
 }

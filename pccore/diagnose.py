@@ -114,6 +114,7 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
 
+    engine.prepare_batch()
     trace = engine.infer(x, y, record=True)
     loss = engine.learning_loss(trace)
     pc_grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)

@@ -189,7 +189,7 @@ class PCEngine:
         self._pi = [list(row.unbind()) for row in inference.to(self.device, self.dtype)]
         self._pi_learn = table.learning.to(self.device, self.dtype)
         self._lrs = [self._flat_lrs(self._step_lrs(t, lr, decay_last_lr)) for t in range(self.T)]
-        self._buffers: list[torch.Tensor] = []
+        self._buffers: dict[tuple, list[torch.Tensor]] = {}
         weighted = [[bool(w != 0.0) for w in row] for row in inference.tolist()]
         self.plan = self._make_plan(weighted)
         """The steps as run: zero weights skipped."""
@@ -270,7 +270,8 @@ class PCEngine:
     def _autocast(self):
         if self.autocast_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        # No cache of casted weights: a step captured as a CUDA graph must not keep casts across steps.
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, cache_enabled=False)
 
     def layer_energy(self, layer: int, x: State, mu: State) -> torch.Tensor:
         """Energy of layer `layer` (1-based), summed over the batch: 1/2 ||x - mu||^2, or the
@@ -327,11 +328,13 @@ class PCEngine:
         raise TypeError(f"block {l} returned {got}, but its layer needs {wanted}")
 
     def _momentum_buffers(self, states: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Momentum buffers for the states, reused from the last batch when the shapes agree. Their contents
-        do not matter: a state's first SGD step of a batch overwrites its buffer."""
-        if [(b.shape, b.dtype) for b in self._buffers] != [(s.shape, s.dtype) for s in states]:
-            self._buffers = [torch.empty_like(s) for s in states]
-        return self._buffers
+        """Momentum buffers for the states, one set per batch shape, kept from batch to batch (a captured
+        step's buffers must outlive the eager step of a last, smaller batch). Their contents do not
+        matter: a state's first SGD step of a batch overwrites its buffer."""
+        key = tuple((s.shape, s.dtype, s.device) for s in states)
+        if key not in self._buffers:
+            self._buffers[key] = [torch.empty_like(s) for s in states]
+        return self._buffers[key]
 
     # --- inference -----------------------------------------------------------------------------
 
@@ -504,10 +507,24 @@ class PCEngine:
         )
         with self._autocast():
             loss = self.update.loss(batch)
-        return loss * trace.scale if trace.scale != 1.0 else loss
+        scale = trace.scale  # a tensor scale is applied as is: comparing it would wait for the device
+        return loss * scale if isinstance(scale, torch.Tensor) or scale != 1.0 else loss
+
+    def prepare_batch(self) -> None:
+        """The host-side work before a step: the nudging method's per-batch draws. `train_step` calls it;
+        a step replayed as a CUDA graph calls it before each replay and then runs `device_step` only."""
+        begin = getattr(self.nudging, "begin_batch", None)
+        if begin is not None:
+            begin()
 
     def train_step(self, x0: torch.Tensor, y: torch.Tensor) -> StepOutput:
         """One batch: inference, then the weight gradients into `.grad` (the caller steps the optimizer)."""
+        self.prepare_batch()
+        return self.device_step(x0, y)
+
+    def device_step(self, x0: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        """`train_step` without `prepare_batch`: only device work, no host synchronisation, so it can be
+        captured as a CUDA graph."""
         if not self.model.training:
             self.model.train()
         trace = self.infer(x0, y)

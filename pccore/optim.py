@@ -16,15 +16,26 @@ END_FACTOR = 0.1
 """The cosine decays to END_FACTOR * lr and stays there."""
 
 
-def make_optimizer(params: Iterable[torch.nn.Parameter], section: Any) -> torch.optim.AdamW:
-    """AdamW over `params` with the recipe's `optimizer.lr` and `optimizer.weight_decay`."""
+def make_optimizer(
+    params: Iterable[torch.nn.Parameter], section: Any, *, for_graphs: bool = False
+) -> torch.optim.AdamW:
+    """AdamW over `params` with the recipe's `optimizer.lr` and `optimizer.weight_decay`.
+
+    `for_graphs` makes the optimizer a step replayed as a CUDA graph can contain: the fused AdamW (one
+    kernel for every parameter), its step counters on the device (`capturable` on CUDA), and the learning
+    rate in a device tensor that the schedule writes between replays."""
+    params = list(params)
     lr = float(section.lr)
     weight_decay = float(section.weight_decay)
     if not lr > 0.0:
         raise UsageError(f"optimizer.lr must be positive, got {lr}.")
     if weight_decay < 0.0:
         raise UsageError(f"optimizer.weight_decay must be zero or positive, got {weight_decay}.")
-    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if not for_graphs:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    device, dtype = params[0].device, params[0].dtype
+    rate = torch.tensor(lr, device=device, dtype=dtype)
+    return torch.optim.AdamW(params, lr=rate, weight_decay=weight_decay, fused=True, capturable=device.type == "cuda")
 
 
 class WarmupCosine:
@@ -52,6 +63,9 @@ class WarmupCosine:
         self.warmup_fraction = float(warmup_fraction)
         self.warmup_steps = round(self.warmup_fraction * self.total_steps)
         self.step_count = 0
+        # A rate kept in a device tensor (an optimizer made for CUDA graphs) is written in place, and put
+        # back after an optimizer state is loaded over it.
+        self._rates = [g["lr"] if isinstance(g["lr"], torch.Tensor) else None for g in optimizer.param_groups]
         self._apply()
 
     def lr_at(self, step: int) -> float:
@@ -94,5 +108,9 @@ class WarmupCosine:
 
     def _apply(self) -> None:
         lr = self.current_lr()
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        for group, rate in zip(self.optimizer.param_groups, self._rates, strict=True):
+            if rate is None:
+                group["lr"] = lr
+            else:
+                group["lr"] = rate
+                rate.fill_(lr)

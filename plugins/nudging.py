@@ -61,7 +61,9 @@ class CenterParams:
 class Center:
     """Center nudging: the sign of beta is drawn at random, per batch or per epoch.
 
-    The draws come from a generator seeded with (seed, epoch), so a run is reproducible from its seed.
+    The draws come from a CPU generator seeded with (seed, epoch), so a run is reproducible from its seed;
+    they are made in `begin_epoch` and `begin_batch`, outside the training step, and the signed beta lives
+    in a device tensor that `output_node` reads (so a step replayed as a CUDA graph sees every new sign).
     With `scale_update`, the weight update is divided by the signed beta (the reference's older code).
     """
 
@@ -69,18 +71,31 @@ class Center:
         self.params = params
         self.generator = torch.Generator()
         self.sign = 1.0
+        self._beta: torch.Tensor | None = None  # the signed beta, on the device of the predictions
 
     def begin_epoch(self, seed: int, epoch: int) -> None:
         self.generator.manual_seed(seed * 1_000_003 + epoch)
-        self.sign = self._draw()
+        self._set_sign(self._draw())
+
+    def begin_batch(self) -> None:
+        if self.params.resample == "batch":
+            self._set_sign(self._draw())
 
     def _draw(self) -> float:
         return 1.0 if torch.rand((), generator=self.generator).item() < 0.5 else -1.0
 
-    def output_node(self, prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, float]:
-        if self.params.resample == "batch":
-            self.sign = self._draw()
-        beta = self.sign * self.params.beta
+    def _set_sign(self, sign: float) -> None:
+        self.sign = sign
+        if self._beta is not None:
+            self._beta.fill_(sign * self.params.beta)
+
+    def output_node(
+        self, prediction: torch.Tensor, target: torch.Tensor
+    ) -> tuple[torch.Tensor, float | torch.Tensor]:
+        beta = self._beta
+        if beta is None or beta.device != prediction.device or beta.dtype != prediction.dtype:
+            beta = self._beta = torch.full((), self.sign * self.params.beta, device=prediction.device,
+                                           dtype=prediction.dtype)
         scale = 1.0 / beta if self.params.scale_update else 1.0
         return prediction + beta * (target - prediction), scale
 

@@ -396,6 +396,7 @@ def test_center_nudging_draws_both_signs_about_equally_and_reproducibly():
         center.begin_epoch(seed, 0)
         signs = []
         for _ in range(1000):
+            center.begin_batch()
             node, scale = center.output_node(torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]))
             assert float(node[0, 0]) in (0.5, -0.5)
             assert scale == pytest.approx(1 / float(node[0, 0]))
