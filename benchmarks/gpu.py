@@ -1,16 +1,18 @@
-"""The prepared GPU benchmark: S+F with BatchNorm Freezing against backprop at the paper's sizes.
+"""The prepared GPU benchmark: the paper's Table 6 rows, eager, compiled and captured as CUDA graphs.
 
     python benchmarks/gpu.py                        # on a CUDA machine; results go to $OUT or results/
     python benchmarks/gpu.py --out /tmp/gpu         # an explicit results folder
     python benchmarks/gpu.py --device cpu --tiny    # tiny sizes on the CPU: checks the script's logic
 
-Variants: VGG15 at full width on 64x64 inputs (T=15) and VGG5 at full width on 32x32 inputs (T=5), batch
-128, random data on the device; eager, compiled (`run.compile = true`), and bf16 autocast with
-channels_last. For each: seconds per step of S+F and of backprop (`pccore bench`, interleaved), the
-implied seconds per epoch (782 steps for Tiny ImageNet, 391 for CIFAR) next to the paper's PCX figures,
-and peak memory. Each variant runs in its own process, so a crash, an out-of-memory error or a slow
-compilation costs only that variant, and all of them share one time budget (default 420 s): a variant
-that would overrun it is stopped and reported. Results are written as gpu.json and gpu.md and printed.
+Rows: VGG5 and VGG7 on CIFAR-10 inputs (T = 5, 7), VGG10 on CIFAR-100 inputs (T = 10) and VGG15 on Tiny
+ImageNet inputs (T = 15), full width, batch 128, fp32, random data on the device; standard PC, S+F and S+F
+with the pure spike, all with BatchNorm Freezing, each timed against backprop on the same model and weights
+(`pccore bench`, interleaved steps); each in three modes: eager, compiled (`run.compile`) and captured
+(`run.cuda_graphs`: the whole step replayed as a CUDA graph; backprop's step too). Seconds per epoch are
+seconds per step times 391 (CIFAR) or 782 (Tiny ImageNet) steps, next to the paper's PCX figures on one
+H100. Each row runs in its own process, so a crash, an out-of-memory error or a slow compilation costs only
+that row, and all rows share one time budget (default 540 s): a row that would overrun it is stopped and
+reported. Results are written as gpu.json and gpu.md (after every row) and printed.
 """
 
 from __future__ import annotations
@@ -30,62 +32,71 @@ from pathlib import Path
 from setups import ALGORITHMS, BASE_RECIPE, PAPER_EPOCH_S, RESULTS, Setup, fmt, machine, markdown_table
 
 FULL: dict[str, Setup] = {
-    "vgg15": Setup("vgg15", 64, 200, 128, 1.0, 15, "Tiny ImageNet", 782),
     "vgg5": Setup("vgg5", 32, 10, 128, 1.0, 5, "CIFAR-10", 391),
+    "vgg7": Setup("vgg7", 32, 10, 128, 1.0, 7, "CIFAR-10", 391),
+    "vgg10": Setup("vgg10", 32, 100, 128, 1.0, 10, "CIFAR-100", 391),
+    "vgg15": Setup("vgg15", 64, 200, 128, 1.0, 15, "Tiny ImageNet", 782),
 }
 TINY: dict[str, Setup] = {
-    "vgg15": Setup("vgg15", 32, 10, 4, 0.0625, 15, "Tiny ImageNet", 782),
     "vgg5": Setup("vgg5", 16, 10, 4, 0.0625, 5, "CIFAR-10", 391),
+    "vgg7": Setup("vgg7", 32, 10, 4, 0.0625, 7, "CIFAR-10", 391),
+    "vgg10": Setup("vgg10", 16, 100, 4, 0.0625, 10, "CIFAR-100", 391),
+    "vgg15": Setup("vgg15", 32, 200, 4, 0.0625, 15, "Tiny ImageNet", 782),
 }
 """The same models at sizes a CPU runs in a second, to exercise the script without a GPU."""
 
-ALGORITHM = "sf"
+MODES: dict[str, list[str]] = {
+    "eager": [],
+    "captured": ["run.cuda_graphs=true"],
+    "compiled": ["run.compile=true"],
+}
+"""How a row runs its steps, as `--set` arguments."""
+
+TARGET_EPOCH_S: dict[str, float] = {"vgg5": 2.37, "vgg7": 3.58, "vgg10": 10.88, "vgg15": 77.6}
+"""Issue 12's targets for S+F seconds per epoch on one GPU: the paper's PCX figures on one H100."""
+
 MIN_LEFT_S = 15.0
-"""A variant is not started with less than this many seconds of the budget left."""
+"""A row is not started with less than this many seconds of the budget left."""
 
 
 @dataclass(frozen=True)
 class Variant:
-    """One measurement: a model, compiled or eager, with or without bf16 autocast + channels_last."""
+    """One row: a model, an algorithm (timed against backprop) and a mode, with or without bf16 autocast
+    and channels_last."""
 
-    name: str
     model: str
-    compile: bool = False
+    algorithm: str
+    mode: str
     bf16_channels_last: bool = False
-    raise_limits: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}-{self.algorithm}-{self.mode}" + ("-bf16-cl" if self.bf16_channels_last else "")
 
     def overrides(self, setup: Setup) -> list[str]:
-        """`--set` arguments: the setup, S+F with BatchNorm Freezing, and this variant's run options."""
-        run = [f"run.compile={str(self.compile).lower()}"]
+        """`--set` arguments: the setup, the algorithm (with BatchNorm Freezing) and the mode."""
+        run = list(MODES[self.mode])
         if self.bf16_channels_last:
             run += ['run.precision="bf16"', "run.channels_last=true"]
-        return [*setup.overrides(), *ALGORITHMS[ALGORITHM][1], *run]
+        return [*setup.overrides(), *ALGORITHMS[self.algorithm][1], *run]
 
 
 VARIANTS: list[Variant] = [
-    Variant("vgg5-eager", "vgg5"),
-    Variant("vgg15-eager", "vgg15"),
-    Variant("vgg5-bf16-cl", "vgg5", bf16_channels_last=True),
-    Variant("vgg15-bf16-cl", "vgg15", bf16_channels_last=True),
-    Variant("vgg5-compiled", "vgg5", compile=True),
-    Variant("vgg15-compiled", "vgg15", compile=True),
-    Variant("vgg15-compiled-bf16-cl", "vgg15", compile=True, bf16_channels_last=True),
-    Variant("vgg15-compiled-limits", "vgg15", compile=True, raise_limits=True),
+    *(Variant(m, a, mode) for mode in ("eager", "captured") for m in FULL for a in ("sf", "sf0", "pc")),
+    Variant("vgg15", "sf", "captured", bf16_channels_last=True),
+    Variant("vgg15", "sf0", "captured", bf16_channels_last=True),
+    *(Variant(m, a, "compiled") for m in FULL for a in ("sf", "sf0")),
 ]
-"""In the order they run: cheap ones first, so a slow compilation cannot starve them. `-limits` raises
-dynamo's recompile limit (8 per code object; every block shares `nn.Sequential.forward`) and turns off
-automatic dynamic shapes, to show what compiling every block can give."""
-
-RECOMPILE_LIMIT = 256
+"""In the order they run: eager and captured rows first (cheap), compiled last (slow to compile)."""
 
 BY_NAME = {v.name: v for v in VARIANTS}
 
 
-# --- one variant (child process) -----------------------------------------------------------------
+# --- one row (child process) ---------------------------------------------------------------------
 
 
 def run_variant(variant: Variant, setup: Setup, device_name: str, steps: int, warmup: int) -> dict:
-    """Benchmark one variant in this process: `pccore bench`'s report plus setup time and graph count."""
+    """Benchmark one row in this process: `pccore bench`'s report plus setup time and graph count."""
     import torch
 
     from pccore.assemble import resolve_device
@@ -94,11 +105,6 @@ def run_variant(variant: Variant, setup: Setup, device_name: str, steps: int, wa
     from pccore.recipe import load_recipe
 
     start = time.perf_counter()
-    if variant.raise_limits:
-        import torch._dynamo.config
-
-        torch._dynamo.config.recompile_limit = RECOMPILE_LIMIT
-        torch._dynamo.config.automatic_dynamic_shapes = False
     registry = get_registry()
     recipe = load_recipe(BASE_RECIPE, variant.overrides(setup), registry)
     device = resolve_device(device_name)
@@ -107,7 +113,7 @@ def run_variant(variant: Variant, setup: Setup, device_name: str, steps: int, wa
     wall = time.perf_counter() - start
     report["wall_s"] = wall
     report["setup_s"] = wall - sum(report["pc_samples_s"]) - sum(report["bp_samples_s"])
-    if variant.compile:
+    if variant.mode == "compiled":
         from torch._dynamo.utils import counters
 
         report["graphs"] = int(counters["stats"]["unique_graphs"])
@@ -120,14 +126,17 @@ def run_variant(variant: Variant, setup: Setup, device_name: str, steps: int, wa
 
 
 def skip_reason(variant: Variant, device: str) -> str | None:
-    """Why a variant cannot run on `device`, or None."""
-    if variant.bf16_channels_last and not device.startswith("cuda"):
-        return "skipped: bf16 autocast needs CUDA"
+    """Why a row cannot run on `device`, or None."""
+    if not device.startswith("cuda"):
+        if variant.bf16_channels_last:
+            return "skipped: bf16 autocast needs CUDA"
+        if variant.mode == "captured":
+            return "skipped: CUDA graphs need CUDA"
     return None
 
 
 def run_child(variant: Variant, args: argparse.Namespace, timeout: float) -> dict:
-    """Run one variant in a fresh process (its own session, killed whole on timeout); its report, or a
+    """Run one row in a fresh process (its own session, killed whole on timeout); its report, or a
     record whose `status` says what went wrong."""
     with tempfile.TemporaryDirectory(prefix="pccore-gpu-") as folder:
         result = Path(folder) / "result.json"
@@ -153,34 +162,41 @@ def run_child(variant: Variant, args: argparse.Namespace, timeout: float) -> dic
 
 
 def add_epochs(record: dict, setup: Setup) -> dict:
-    """Implied seconds per epoch of each side, and the paper's PCX figures for the same model."""
+    """Implied seconds per epoch of the row's algorithm and of backprop, the paper's PCX figures for the
+    same model (where it has one for the algorithm) and the issue's target."""
     paper = PAPER_EPOCH_S[setup.model]
-    record.update(epoch_steps=setup.epoch_steps, pcx_sf_epoch_s=paper[ALGORITHM], pcx_bp_epoch_s=paper["bp"],
-                  pcx_ratio=paper[ALGORITHM] / paper["bp"])
+    algorithm = record["algorithm"]
+    record.update(epoch_steps=setup.epoch_steps, pcx_epoch_s=paper.get(algorithm), pcx_bp_epoch_s=paper["bp"],
+                  target_epoch_s=TARGET_EPOCH_S[setup.model] if algorithm in ("sf", "sf0") else None)
     if record.get("status") == "ok":
-        record["sf_epoch_s"] = record["pc_step_s"] * setup.epoch_steps
+        record["pc_epoch_s"] = record["pc_step_s"] * setup.epoch_steps
         record["bp_epoch_s"] = record["bp_step_s"] * setup.epoch_steps
+        record["t_times_bp"] = setup.steps * record["bp_epoch_s"]
     return record
 
 
-HEAD = ["variant", "input", "batch", "width", "T", "S+F s/step", "BP s/step", "ratio", "S+F s/epoch",
-        "BP s/epoch", "PCX S+F s/epoch", "PCX BP s/epoch", "PCX ratio", "S+F MB", "BP MB", "setup s",
-        "status"]
+HEAD = ["row", "dataset", "T", "algorithm", "mode", "s/step", "BP s/step", "ratio", "s/epoch", "BP s/epoch",
+        "T x BP s/epoch", "PCX s/epoch", "PCX BP s/epoch", "target s/epoch", "MB", "BP MB", "setup s", "status"]
 
 
 def _cell(record: dict, key: str, digits: int = 3) -> str:
-    """A measured value of a variant that ran, else a dash."""
+    """A measured value of a row that ran, else a dash."""
     return fmt(record.get(key), digits) if record.get("status") == "ok" else "-"
 
 
+def _given(value: float | None) -> str:
+    return "-" if value is None else fmt(value)
+
+
 def render(info: dict, args: argparse.Namespace, records: list[dict]) -> str:
-    """The Markdown report: machine, settings, one table row per variant."""
-    timed = ("pc_step_s", "bp_step_s", "ratio", "sf_epoch_s", "bp_epoch_s")
+    """The Markdown report: machine, settings, one table row per benchmark row."""
+    timed = ("pc_step_s", "bp_step_s", "ratio", "pc_epoch_s", "bp_epoch_s", "t_times_bp")
     rows = []
     for r in records:
-        rows.append([r["variant"], r["input"], str(r["batch"]), f"{r['width']:g}", str(r["T"]),
+        rows.append([r["variant"], r["dataset"], str(r["T"]), ALGORITHMS[r["algorithm"]][0], r["mode"]
+                     + (" bf16-cl" if r["bf16_channels_last"] else ""),
                      *(_cell(r, key) for key in timed),
-                     fmt(r["pcx_sf_epoch_s"]), fmt(r["pcx_bp_epoch_s"]), fmt(r["pcx_ratio"]),
+                     _given(r["pcx_epoch_s"]), _given(r["pcx_bp_epoch_s"]), _given(r["target_epoch_s"]),
                      _cell(r, "pc_peak_mb", 5), _cell(r, "bp_peak_mb", 5), _cell(r, "setup_s"),
                      "; ".join(filter(None, [r["status"], r.get("note")])).replace("|", "/")])
     lines = [
@@ -188,13 +204,15 @@ def render(info: dict, args: argparse.Namespace, records: list[dict]) -> str:
         "",
         f"- machine: {info.get('gpu', 'no GPU')}; CPU {info['cpu']}, {info['cores']} cores",
         f"- torch {info['torch']}, device {info['device']}, date {info['date']}",
-        f"- {'TINY sizes (logic check only)' if args.tiny else 'full sizes'}; median of {args.steps} "
-        f"interleaved S+F/BP steps after {args.warmup} warm-up steps; one random batch on the device",
-        "- S+F: spiking precision, forward update, BatchNorm Freezing; BP: the same model and weights",
-        "- s/epoch = s/step x 782 (Tiny ImageNet, VGG15) or x 391 (CIFAR, VGG5); PCX = the paper's JAX "
-        "figures on one H100",
+        f"- {'TINY sizes (logic check only)' if args.tiny else 'full width, batch 128, fp32'}; median of "
+        f"{args.steps} interleaved steps of the algorithm and of backprop after {args.warmup} warm-up steps; "
+        "one random batch on the device",
+        "- algorithms with BatchNorm Freezing; BP: the same model and weights, ordinary BatchNorm step; "
+        "captured: the whole step (both sides) replayed as a CUDA graph",
+        "- s/epoch = s/step x 391 (CIFAR) or x 782 (Tiny ImageNet); PCX = the paper's JAX figures on one "
+        "H100; target = issue 12's S+F target (the PCX figure)",
         "- memory: torch.cuda.max_memory_allocated per step, less the other model's resident tensors",
-        "- setup s: building, compiling and warming up, outside the timed steps",
+        "- setup s: building, compiling or capturing and warming up, outside the timed steps",
         "",
         markdown_table(HEAD, rows),
     ]
@@ -202,7 +220,7 @@ def render(info: dict, args: argparse.Namespace, records: list[dict]) -> str:
 
 
 def write(out: Path, args: argparse.Namespace, records: list[dict]) -> str:
-    """Write gpu.json and gpu.md (after every variant, so a run cut short keeps what it measured)."""
+    """Write gpu.json and gpu.md (after every row, so a run cut short keeps what it measured)."""
     info = machine(args.device)
     text = render(info, args, records)
     (out / "gpu.json").write_text(json.dumps({"machine": info, "tiny": args.tiny, "steps": args.steps,
@@ -212,7 +230,7 @@ def write(out: Path, args: argparse.Namespace, records: list[dict]) -> str:
 
 
 def drive(args: argparse.Namespace) -> int:
-    """Run the chosen variants under the budget, then write and print the results."""
+    """Run the chosen rows under the budget, then write and print the results."""
     setups = TINY if args.tiny else FULL
     out = Path(args.out or os.environ.get("OUT") or RESULTS)
     out.mkdir(parents=True, exist_ok=True)
@@ -220,8 +238,9 @@ def drive(args: argparse.Namespace) -> int:
     records = []
     for variant in args.variants:
         setup = setups[variant.model]
-        record = {"variant": variant.name, "model": variant.model, "input": f"{setup.size}x{setup.size}",
-                  "batch": setup.batch, "width": setup.width, "T": setup.steps, "compile": variant.compile,
+        record = {"variant": variant.name, "model": variant.model, "dataset": setup.dataset,
+                  "algorithm": variant.algorithm, "mode": variant.mode, "input": f"{setup.size}x{setup.size}",
+                  "batch": setup.batch, "width": setup.width, "T": setup.steps,
                   "bf16_channels_last": variant.bf16_channels_last}
         left = args.budget - (time.monotonic() - began)
         reason = skip_reason(variant, args.device)
@@ -231,8 +250,7 @@ def drive(args: argparse.Namespace) -> int:
         result = {"status": reason} if reason else run_child(variant, args, left)
         records.append(add_epochs({**record, **result}, setup))
         done = records[-1]
-        timed = (f": S+F {done['pc_step_s']:.4f} s/step, BP {done['bp_step_s']:.4f}"
-                 if "pc_step_s" in done else "")
+        timed = (f": {done['pc_step_s']:.4f} s/step, BP {done['bp_step_s']:.4f}" if "pc_step_s" in done else "")
         print(f"    {'; '.join(filter(None, [done['status'], done.get('note')]))}{timed}", file=sys.stderr,
               flush=True)
         text = write(out, args, records)
@@ -247,9 +265,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     parser.add_argument("--tiny", action="store_true", help="tiny sizes, to check the logic on a CPU")
-    parser.add_argument("--steps", type=int, help="timed steps per variant (default 10, --tiny 1)")
-    parser.add_argument("--warmup", type=int, help="warm-up steps per variant (default 3, --tiny 1)")
-    parser.add_argument("--budget", type=float, default=420.0, help="seconds for all variants (default 420)")
+    parser.add_argument("--steps", type=int, help="timed steps per row (default 10, --tiny 1)")
+    parser.add_argument("--warmup", type=int, help="warm-up steps per row (default 5, --tiny 1)")
+    parser.add_argument("--budget", type=float, default=540.0, help="seconds for all rows (default 540)")
     parser.add_argument("--variants", default=",".join(BY_NAME),
                         help=f"comma-separated subset, in run order: {', '.join(BY_NAME)}")
     parser.add_argument("--out", help="results folder (default $OUT, else benchmarks/results)")
@@ -266,14 +284,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.steps is None:
         args.steps = 1 if args.tiny else 10
     if args.warmup is None:
-        args.warmup = 1 if args.tiny else 3
+        args.warmup = 1 if args.tiny else 5
     if args.steps < 1 or args.warmup < 0:
         parser.error(f"--steps must be >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
     return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Drive the variants, or (with --child) run one and write its report to --result."""
+    """Drive the rows, or (with --child) run one and write its report to --result."""
     args = parse_args(argv)
     if args.child:
         variant = BY_NAME[args.child]

@@ -32,6 +32,7 @@ from pccore.assemble import Assembly, assemble, resolve_device
 from pccore.components import DataSpec
 from pccore.diagnose import first_batch
 from pccore.errors import PccoreError, UsageError
+from pccore.graphs import CapturedStep, check_cuda_graphs
 from pccore.optim import make_optimizer
 
 ALGORITHMS = ("pc", "bp")
@@ -70,14 +71,19 @@ def backprop_recipe(recipe: Any, registry: Any) -> Any:
 
 @attrs.define(eq=False)
 class Trainer:
-    """An assembled engine and its AdamW optimizer; `step` is one training step."""
+    """An assembled engine and its AdamW optimizer; `step` is one training step (replayed as a CUDA graph
+    when `captured` holds a CapturedStep)."""
 
     name: str
     assembly: Assembly
     optimizer: torch.optim.Optimizer
+    captured: CapturedStep | None = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Inference and weight gradients, then the optimizer step."""
+        if self.captured is not None:
+            self.captured(x, y)
+            return
         self.assembly.engine.train_step(x, y)
         self.optimizer.step()
 
@@ -100,10 +106,13 @@ class Trainer:
 
 def build_trainer(name: str, recipe: Any, spec: DataSpec, device: torch.device, registry: Any) -> Trainer:
     """Assemble `recipe` (seeded with its first seed) and an AdamW optimizer over its trainable weights."""
+    check_cuda_graphs(recipe, device)
     torch.manual_seed(recipe.run.seeds[0])
     assembly = assemble(recipe, spec, device, registry)
     params = [p for p in assembly.blocks.parameters() if p.requires_grad]
-    return Trainer(name, assembly, make_optimizer(params, recipe.optimizer))
+    graphs = bool(recipe.run.cuda_graphs)
+    optimizer = make_optimizer(params, recipe.optimizer, for_graphs=graphs)
+    return Trainer(name, assembly, optimizer, CapturedStep(assembly.engine, optimizer) if graphs else None)
 
 
 def build_pair(recipe: Any, spec: DataSpec, device: torch.device, registry: Any) -> tuple[Trainer, Trainer]:
@@ -340,6 +349,7 @@ def run_bench(
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "compile": bool(recipe.run.compile),
+        "cuda_graphs": bool(recipe.run.cuda_graphs),
         "autocast": recipe.run.precision,
         "timed_steps": steps,
         "warmup": warmup,

@@ -348,7 +348,7 @@ def test_matrix_rejects_unknown_model():
     done = subprocess.run([sys.executable, str(BENCHMARKS / "matrix.py"), "--models", "vgg99"],
                           capture_output=True, text=True, env=_env(), timeout=120)
     assert done.returncode == 2
-    assert "--models: unknown or empty ['vgg99']; choose from vgg5, vgg10, vgg15" in done.stderr
+    assert "--models: unknown or empty ['vgg99']; choose from vgg5, vgg10, vgg15, vgg15s" in done.stderr
 
 
 # --- benchmarks/gpu.py ------------------------------------------------------------------------------
@@ -357,33 +357,37 @@ def test_matrix_rejects_unknown_model():
 def test_gpu_script_tiny_on_cpu(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--tiny",
-         "--variants", "vgg5-eager,vgg15-eager,vgg5-bf16-cl"],
+         "--variants", "vgg5-sf-eager,vgg15-pc-eager,vgg5-sf0-captured,vgg15-sf-captured-bf16-cl"],
         capture_output=True, text=True, env={**_env(), "OUT": str(tmp_path)}, timeout=300,
     )
     assert done.returncode == 0, done.stderr
     results = json.loads((tmp_path / "gpu.json").read_text())
     assert results["tiny"] is True and (results["steps"], results["warmup"]) == (1, 1)
-    vgg5, vgg15, bf16 = results["results"]
-    assert [r["variant"] for r in results["results"]] == ["vgg5-eager", "vgg15-eager", "vgg5-bf16-cl"]
+    vgg5, vgg15, captured, bf16 = results["results"]
+    assert [r["variant"] for r in results["results"]] == [
+        "vgg5-sf-eager", "vgg15-pc-eager", "vgg5-sf0-captured", "vgg15-sf-captured-bf16-cl"]
     assert vgg5["status"] == vgg15["status"] == "ok"
     assert (vgg5["layers"], vgg5["steps"], vgg15["layers"], vgg15["steps"]) == (5, 5, 15, 15)
     assert (vgg5["update"], vgg5["precision"], vgg5["normalization"]) == ("forward", "spiking", "frozen")
-    assert vgg5["sf_epoch_s"] == pytest.approx(vgg5["pc_step_s"] * 391)
+    assert (vgg15["update"], vgg15["precision"]) == ("standard", "constant")
+    assert vgg5["pc_epoch_s"] == pytest.approx(vgg5["pc_step_s"] * 391)
     assert vgg15["bp_epoch_s"] == pytest.approx(vgg15["bp_step_s"] * 782)
-    assert (vgg5["pcx_sf_epoch_s"], vgg5["pcx_bp_epoch_s"]) == (2.37, 1.16)
-    assert (vgg15["pcx_sf_epoch_s"], vgg15["pcx_bp_epoch_s"]) == (77.58, 9.40)
-    assert vgg5["pc_peak_mb"] is None and vgg5["compile"] is False
+    assert vgg15["t_times_bp"] == pytest.approx(15 * vgg15["bp_epoch_s"])
+    assert (vgg5["pcx_epoch_s"], vgg5["pcx_bp_epoch_s"], vgg5["target_epoch_s"]) == (2.37, 1.16, 2.37)
+    assert (vgg15["pcx_epoch_s"], vgg15["pcx_bp_epoch_s"], vgg15["target_epoch_s"]) == (79.61, 9.40, None)
+    assert vgg5["pc_peak_mb"] is None and vgg5["compile"] is False and vgg5["cuda_graphs"] is False
+    assert captured["status"] == "skipped: CUDA graphs need CUDA"
     assert bf16["status"] == "skipped: bf16 autocast needs CUDA"
     markdown = (tmp_path / "gpu.md").read_text()
     assert markdown in done.stdout
-    assert "| vgg5-bf16-cl | 16x16 | 4 | 0.0625 | 5 | - | - | - | - | - | 2.37 | 1.16 | 2.04 | - | - | - | " \
-           "skipped: bf16 autocast needs CUDA |" in markdown
+    assert ("| vgg5-sf0-captured | CIFAR-10 | 5 | S+F pure spike (BF) | captured | - | - | - | - | - | - | - | "
+            "1.16 | 2.37 | - | - | - | skipped: CUDA graphs need CUDA |") in markdown
 
 
 def test_gpu_script_out_of_budget(tmp_path):
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "gpu.py"), "--device", "cpu", "--tiny", "--budget", "0",
-         "--variants", "vgg5-eager", "--out", str(tmp_path)],
+         "--variants", "vgg5-sf-eager", "--out", str(tmp_path)],
         capture_output=True, text=True, env=_env(), timeout=120,
     )
     assert done.returncode == 1
@@ -395,7 +399,7 @@ def test_gpu_child_killed_on_timeout(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import gpu
 
-    args = gpu.parse_args(["--device", "cpu", "--tiny", "--variants", "vgg5-eager"])
-    assert gpu.run_child(gpu.BY_NAME["vgg5-eager"], args, timeout=0.2) == {
+    args = gpu.parse_args(["--device", "cpu", "--tiny", "--variants", "vgg5-sf-eager"])
+    assert gpu.run_child(gpu.BY_NAME["vgg5-sf-eager"], args, timeout=0.2) == {
         "status": "timed out after 0 s (budget)"
     }

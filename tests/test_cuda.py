@@ -116,3 +116,80 @@ def test_channels_last_and_bf16_steps_agree_with_fp32(exact_fp32):
     torch.testing.assert_close(bf16_loss, base_loss, rtol=8 * BF16_UNIT, atol=0)
     for block, (error, r) in enumerate(zip(_relative_errors(bf16, base), rho, strict=True), start=1):
         assert error < _bf16_tolerance(r), f"block {block}: relative error {error:.3g}, rho {r:.3g}"
+
+
+# --- steps replayed as CUDA graphs ------------------------------------------------------------------
+
+CAPTURE_TOLERANCE = 1e-5
+"""Relative difference allowed between the weights of a captured and an eager run after the same steps.
+A replay launches the same kernels as the eager step it recorded, on the same data, so the two runs agree
+to the last bit where every kernel is deterministic (cuDNN is made so here); the margin covers the float32
+summation order of the few kernels cuDNN may still choose per call (backward-weight convolutions)."""
+
+
+def _graph_run(captured: bool, steps: int = 7):
+    """A VGG5 (width 1/8, BatchNorm Freezing) trained S+F with center nudging resampled per batch and
+    dividing the update by the signed beta, and the warmup-cosine schedule: full batches and one partial
+    batch, captured or eager. The weights after `steps` batches."""
+    from pccore.graphs import CapturedStep
+    from pccore.optim import WarmupCosine, make_optimizer
+    from pccore_plugins.nudging import Center, CenterParams
+
+    torch.backends.cudnn.deterministic = True
+    blocks = _blocks()
+    norm = FrozenBatchNorm(BatchNormParams())
+    nudging = Center(CenterParams(beta=0.3, resample="batch", scale_update=True))
+    engine = PCEngine(blocks, Spiking(SpikingParams()).table(5, 5), ForwardUpdate(NoParams()), norm, nudging,
+                      steps=5, lr=0.8, momentum=0.1, num_classes=10)
+
+    class Section:
+        lr, weight_decay = 1e-3, 1e-4
+
+    optimizer = make_optimizer(blocks.parameters(), Section, for_graphs=True)
+    schedule = WarmupCosine(optimizer, Section.lr, steps, 0.3)
+    nudging.begin_epoch(0, 0)
+    step = CapturedStep(engine, optimizer) if captured else None
+    g = torch.Generator().manual_seed(2)
+    for index in range(steps):
+        n = 20 if index == steps - 2 else 32
+        x = torch.randn(n, 3, 32, 32, generator=g).cuda()
+        y = torch.randint(0, 10, (n,), generator=g).cuda()
+        if step is not None:
+            step(x, y)
+        else:
+            engine.train_step(x, y)
+            optimizer.step()
+        schedule.step()
+    torch.cuda.synchronize()
+    return blocks.state_dict(), step
+
+
+def test_a_captured_run_trains_like_an_eager_one():
+    eager, _ = _graph_run(False)
+    captured, step = _graph_run(True)
+    assert (step.replays, step.eager_steps) == (3, 4)  # 3 warm-up steps, then replays; the batch of 20 eager
+    for name, value in eager.items():
+        torch.testing.assert_close(captured[name], value, rtol=CAPTURE_TOLERANCE, atol=1e-7, msg=name)
+
+
+def test_a_replay_does_not_synchronise_with_the_host():
+    from pccore.graphs import CapturedStep
+    from pccore.optim import make_optimizer
+
+    blocks = _blocks()
+    engine = _engine(blocks)
+
+    class Section:
+        lr, weight_decay = 1e-3, 1e-4
+
+    step = CapturedStep(engine, make_optimizer(blocks.parameters(), Section, for_graphs=True), warmup_steps=1)
+    x, y = _batch()
+    step(x, y)
+    step(x, y)  # captured and replayed
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = step(x, y)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert step.replays == 2 and torch.isfinite(out.loss).item()

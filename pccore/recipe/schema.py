@@ -68,6 +68,8 @@ class RunSection:
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     channels_last: bool = False
+    cuda_graphs: bool = False
+    """Replay each full-batch training step as a CUDA graph (`pccore.graphs`); CUDA only."""
 
 
 @attrs.frozen
