@@ -75,7 +75,6 @@ class Launch:
     local_world_size: int
     master_addr: str | None
     master_port: int | None
-    restart_count: int = 0
     run_id: str | None = None
     agent_store: bool = False
 
@@ -115,7 +114,6 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> Launch | Non
         local_world_size=number("LOCAL_WORLD_SIZE", default=1, minimum=1),
         master_addr=env.get("MASTER_ADDR") or None,
         master_port=number("MASTER_PORT", minimum=0) if port else None,
-        restart_count=number("TORCHELASTIC_RESTART_COUNT", default=0),
         run_id=env.get("TORCHELASTIC_RUN_ID") or None,
         agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
     )
@@ -173,11 +171,6 @@ class World:
     def is_zero(self) -> bool:
         """Whether this is rank 0, the rank that writes files and prints."""
         return self.rank == 0
-
-    @property
-    def restarted(self) -> bool:
-        """Whether torchrun restarted the processes after a failure (`--max-restarts`)."""
-        return self.launch is not None and self.launch.restart_count > 0
 
     def describe(self) -> str:
         """"rank 1 of 4" (what a message calls this process)."""
@@ -376,7 +369,9 @@ class World:
                 store.set(RUN_DIR_KEY, str(run_dir))
 
     def recall_run_dir(self) -> Path | None:
-        """Rank 0 of a restarted attempt: the run directory an earlier attempt made, if it made one."""
+        """Rank 0: the run directory an earlier attempt of this torchrun launch made, if one did (then this
+        attempt is a restart). The store, not TORCHELASTIC_RESTART_COUNT, decides: that count is kept per
+        machine, so the processes of a machine that did not fail may see 0 in a restarted attempt."""
         store = self._agent_store()
         if store is None:
             return None
@@ -413,8 +408,9 @@ def join() -> World:
     backend = "cpu:gloo,cuda:nccl" if cuda else "gloo"
     where = f"{launch.master_addr or '(MASTER_ADDR unset)'}:{launch.master_port or '(MASTER_PORT unset)'}"
     try:
-        dist.init_process_group(backend=backend, init_method="env://", rank=launch.rank,
-                                world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout))
+        with _native_log_held_back():
+            dist.init_process_group(backend=backend, init_method="env://", rank=launch.rank,
+                                    world_size=launch.world_size, timeout=datetime.timedelta(seconds=timeout))
     except (RuntimeError, ValueError, OSError) as err:
         raise PeerLost(
             f"rank {launch.rank} of {launch.world_size} could not join the process group at {where} within "
@@ -423,6 +419,34 @@ def join() -> World:
         ) from err
     _current = World(launch, timeout)
     return _current
+
+
+@contextlib.contextmanager
+def _native_log_held_back() -> Iterator[None]:
+    """Hold back what torch's C++ side writes to stderr meanwhile (file descriptor 2): while it waits for
+    the other processes, the rendezvous logs every retry with a C++ backtrace. The log is shown after all
+    when the block fails and PCCORE_DEBUG asks for details; otherwise the error message says what failed."""
+    import sys
+    import tempfile
+
+    from pccore.failures import debug_from_env
+
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as held:
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            if failed and debug_from_env():
+                held.seek(0)
+                sys.stderr.write(held.read().decode("utf-8", "replace"))
+                sys.stderr.flush()
 
 
 def leave() -> None:
@@ -455,9 +479,10 @@ def quiet_here(err: BaseException) -> bool:
 
 
 def rank_label() -> str:
-    """" (rank 3)" for a process started by torchrun, "" otherwise (for messages)."""
+    """" (rank 3)" for a process of rank 1 or above started by torchrun, "" otherwise (rank 0 speaks for
+    the run), for messages."""
     launch = current().launch or _safe_launch()
-    return f" (rank {launch.rank})" if launch is not None else ""
+    return f" (rank {launch.rank})" if launch is not None and launch.rank > 0 else ""
 
 
 def _safe_launch() -> Launch | None:
@@ -557,9 +582,11 @@ class _Discard(io.TextIOBase):
 
 
 def _first_line(err: BaseException, limit: int = 240) -> str:
-    """An exception's message on one line, without the source position gloo puts in front."""
+    """The first sentence of an exception's message, on one line, without the source position gloo puts in
+    front (gloo's advice to read the other process's log follows in sentences of its own)."""
     text = " ".join(str(err).split())
-    text = re.sub(r"^\[[^\]]*\]\s*", "", text) or type(err).__name__
+    text = re.sub(r"^\[[^\]]*\]\s*", "", text)
+    text = re.split(r"(?<=\.)\s+(?=[A-Z])", text, maxsplit=1)[0].rstrip(".") or type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

@@ -48,35 +48,47 @@ def launch_local(nproc: int, argv: Sequence[str]) -> int:
         max_restarts=0,
         start_method="spawn",
     )
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)  # the failure is reported below
+    logging.disable(logging.ERROR)  # the launcher's own log lines: a failure is reported below instead
     try:
         elastic_launch(config, sys.executable)("-m", "pccore", *argv)
     except ChildFailedError as err:
         return _failure_status(err.failures)
     except SignalException as err:
         raise KeyboardInterrupt from err
+    finally:
+        logging.disable(logging.NOTSET)
     return 0
 
 
 def _failure_status(failures: dict) -> int:
-    """The exit status for processes that failed: the first failure's own status when it has reported
-    itself; a PccoreError naming the rank when it was killed or exited without a pccore status."""
-    rank, failure = min(failures.items(), key=lambda item: (item[1].timestamp, item[0]))
+    """The exit status for processes that failed: the root cause's own status when it has reported
+    itself; a PccoreError naming its rank when it was killed or exited without a pccore status."""
+    rank, failure = min(failures.items(), key=lambda item: (_blame_order(item[1].exitcode), item[1].timestamp,
+                                                             item[0]))
     code = int(failure.exitcode)
     if code in REPORTED_STATUSES:
         return code
     if code < 0:
         try:
-            name = signal.Signals(-code).name
+            how = f"was killed by {signal.Signals(-code).name}"
         except ValueError:
-            name = f"signal {-code}"
-        how = f"was killed by {name}"
+            how = f"was killed by signal {-code}"
     else:
-        how = f"exited with status {code}"
-    others = len(failures) - 1
+        how = f"exited with status {code} without a pccore message (its own output above says why)"
     raise PccoreError(
-        f"the training process of rank {rank} (pid {failure.pid}) {how}; the other processes were stopped"
-        + (f" ({others} more failed after it)" if others else "")
-        + ". If the run made checkpoints, continue it with pccore run --resume RUN_DIR (the run directory "
-        "printed at the start)."
+        f"the training process of rank {rank} (pid {failure.pid}) {how}; the other processes were stopped. If "
+        "the run made checkpoints, continue it with pccore run --resume RUN_DIR (the run directory printed at the "
+        "start)."
     )
+
+
+def _blame_order(exitcode: int) -> int:
+    """How likely a process that ended with `exitcode` is the root cause (lower is likelier): killed by a
+    signal of its own, then crashed, then stopped with a pccore message, then stopped by the launcher
+    (SIGTERM, interrupted), which is what happens to the others once one process fails."""
+    stopped = (-signal.SIGTERM, -signal.SIGINT, 130, 143)
+    if exitcode in stopped:
+        return 3
+    if exitcode < 0:
+        return 0
+    return 2 if exitcode in REPORTED_STATUSES else 1

@@ -188,7 +188,7 @@ def train(
     torch_device = world.place(resolve_device(recipe.run.device))
     autocast_dtype(recipe, torch_device)  # bf16 off CUDA is refused here, before any folder is made
     restarted_in = None
-    if not resume and world.restarted:  # torchrun restarted the processes: continue the failed attempt's run
+    if not resume and world.distributed:  # a run directory in torchrun's store: this is a restarted attempt
         restarted_in = world.from_rank_zero(world.recall_run_dir, "looking up the run directory to continue")
         if restarted_in is not None:
             out_dir, resume = restarted_in, True
