@@ -506,11 +506,6 @@ class ReplicaSync:
         self.buffers = list(hook(model)) if hook is not None and world.distributed else []
         self.buckets = _buckets(self.params, bucket_bytes)
 
-    @property
-    def gradient_bytes(self) -> int:
-        """Bytes of weight gradients summed per step (what each all-reduce step moves, before the ring)."""
-        return sum(p.numel() * p.element_size() for p in self.params)
-
     def sum_gradients(self) -> None:
         """Replace every weight gradient by its sum over the ranks: one all-reduce per bucket, all in flight
         at once. Each rank's loss is its share of the global batch mean, so the sum is the gradient of that
