@@ -179,9 +179,7 @@ def time_interleaved(
     for _ in range(warmup):
         for trainer in trainers:
             trainer.step(x, y)
-    for trainer in trainers:
-        trainer.reduce_seconds.clear()
-    timings = {t.name: Timing(reduce_seconds=t.reduce_seconds) for t in trainers}
+    timings = {t.name: Timing() for t in trainers}
     for _ in range(steps):
         for trainer in trainers:
             timing = timings[trainer.name]
@@ -329,6 +327,8 @@ def run_bench(
     gradient_bytes = {t.name: sum(p.numel() * p.element_size() for p in t.assembly.blocks.parameters()
                                   if p.requires_grad) for t in (pc, bp)}
     timings = time_interleaved([pc, bp], x, y, steps, warmup, device)
+    for trainer in (pc, bp):  # the all-reduces of the timed steps, the last `steps` ones
+        timings[trainer.name].reduce_seconds = trainer.reduce_seconds[len(trainer.reduce_seconds) - steps:]
     layers = pc.assembly.engine.L
     del pc, bp
     if device.type == "cuda":
