@@ -449,15 +449,11 @@ def bench_command(args: argparse.Namespace) -> int:
     check_counts(args.steps, args.warmup)
     registry = get_registry()
     recipe = load_recipe(args.recipe, args.overrides, registry)
-    try:
-        world = distributed.join()
+    with distributed.session() as world:
         device = world.place(resolve_device(args.device or recipe.run.device))
-        if world.size > 1:
-            world.check_batches(recipe.data.batch_size, recipe.data.batch_size, 0)
+        world.check_batches(recipe.data.batch_size, recipe.data.batch_size, 0)
         report = run_bench(recipe, registry, device, steps=args.steps, warmup=args.warmup, label=args.recipe,
                            world=world)
-    finally:
-        distributed.leave()
     if world.is_zero:
         print(json.dumps(report) if args.json else format_report(report))
     return 0

@@ -5,8 +5,8 @@ place in the environment torchrun sets (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADD
 `join()` makes the process group from it (NCCL for CUDA tensors, gloo for CPU tensors) and every helper
 here is a no-op in a process that was not started that way, so single-process code paths stay as they were.
 
-What pccore keeps equal across ranks, and how (one predictive coding step needs no communication during
-inference: every sample's states are its own):
+What pccore keeps equal across ranks, and how (inference needs no communication: every sample's states are
+its own, unless a normalisation policy synchronises batch statistics):
 
 - weight gradients: each rank's loss is its share of the mean over the *global* batch, so summing the
   ranks' gradients (`ReplicaSync.sum_gradients`, a few flattened all-reduces) gives exactly the gradient
@@ -32,7 +32,6 @@ import os
 import pickle
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
 import attrs
@@ -50,8 +49,6 @@ DEFAULT_TIMEOUT_S = 1800.0
 """torch's own default process-group timeout; long enough for rank 0 to download a dataset."""
 BUCKET_BYTES = 25 * 2**20
 """Gradients are summed in flattened buckets of about this size (DistributedDataParallel's default)."""
-RUN_DIR_KEY = "run_dir"
-"""Key, in the torchrun agent's store, of the run directory that a restarted attempt continues."""
 
 
 class PeerLost(PccoreError):
@@ -76,7 +73,7 @@ class Launch:
     master_addr: str | None
     master_port: int | None
     run_id: str | None = None
-    agent_store: bool = False
+    max_restarts: int = 0
 
 
 def launch_environment(environ: Mapping[str, str] | None = None) -> Launch | None:
@@ -115,7 +112,7 @@ def launch_environment(environ: Mapping[str, str] | None = None) -> Launch | Non
         master_addr=env.get("MASTER_ADDR") or None,
         master_port=number("MASTER_PORT", minimum=0) if port else None,
         run_id=env.get("TORCHELASTIC_RUN_ID") or None,
-        agent_store=env.get("TORCHELASTIC_USE_AGENT_STORE") == "True",
+        max_restarts=number("TORCHELASTIC_MAX_RESTARTS", default=0),
     )
 
 
@@ -157,6 +154,8 @@ class World:
     def __init__(self, launch: Launch | None = None, timeout: float = DEFAULT_TIMEOUT_S) -> None:
         self.launch = launch
         self.timeout = timeout
+        self.broken = False
+        """Whether a collective has failed (the other processes are gone or unreachable)."""
         self.rank = launch.rank if launch else 0
         self.size = launch.world_size if launch else 1
         self.local_rank = launch.local_rank if launch else 0
@@ -171,6 +170,18 @@ class World:
     def is_zero(self) -> bool:
         """Whether this is rank 0, the rank that writes files and prints."""
         return self.rank == 0
+
+    @property
+    def launch_id(self) -> str | None:
+        """The id torchrun gives this launch (its --rdzv-id; a fresh one with --standalone), the same in a
+        restarted attempt; None without torchrun or without a usable id (torchrun's default "none")."""
+        run_id = self.launch.run_id if self.launch else None
+        return run_id if run_id and run_id != "none" else None
+
+    @property
+    def restarts(self) -> int:
+        """How many times torchrun may restart the processes after a failure (--max-restarts)."""
+        return self.launch.max_restarts if self.launch else 0
 
     def describe(self) -> str:
         """"rank 1 of 4" (what a message calls this process)."""
@@ -235,6 +246,7 @@ class World:
         except torch.cuda.OutOfMemoryError:
             raise
         except RuntimeError as err:  # torch.distributed.DistError and gloo's errors are RuntimeErrors
+            self.broken = True
             raise PeerLost(
                 f"{self.describe()} lost contact with the other processes while {what}: another process of the "
                 f"run stopped or cannot be reached ({_first_line(err)}); the launcher (torchrun) names the process "
@@ -298,7 +310,7 @@ class World:
         with self._talking(what):
             dist.broadcast_object_list(box, src=0, device=torch.device("cpu"))
         if failure is not None:
-            raise failure
+            raise self.shared(failure)
         kind, value = box[0]
         if kind == "error":
             raise self.shared(value)
@@ -332,6 +344,7 @@ class World:
         with self._talking(what):
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         if failure is not None:
+            failure.pccore_together = True  # type: ignore[attr-defined]
             raise failure
         failed = int(flag) - 1
         if failed >= 0:
@@ -340,46 +353,16 @@ class World:
     # --- rank zero -------------------------------------------------------------------------------
 
     def shared(self, err: BaseException) -> BaseException:
-        """Mark `err` as raised alike on every rank, so that only rank 0 reports it; returns `err`."""
+        """Mark `err` as raised alike on every rank at the same point, so that only rank 0 reports it;
+        returns `err`."""
         if self.distributed:
             err.pccore_shared = True  # type: ignore[attr-defined]
+            err.pccore_together = True  # type: ignore[attr-defined]
         return err
 
     def rank_zero_stream(self, stream: Any) -> Any:
         """`stream` on rank 0; elsewhere a stream that discards what is written (progress is rank 0's)."""
         return stream if self.is_zero else _Discard()
-
-    # --- the run directory of a restarted run ----------------------------------------------------
-
-    def _agent_store(self) -> Any:
-        """A client of the torchrun agent's key-value store (it outlives restarts), or None without one."""
-        launch = self.launch
-        if launch is None or not launch.agent_store or not launch.master_addr or launch.master_port is None:
-            return None
-        seconds = datetime.timedelta(seconds=min(self.timeout, 60.0))
-        store = dist.TCPStore(launch.master_addr, launch.master_port, is_master=False, timeout=seconds,
-                              wait_for_workers=False)
-        return dist.PrefixStore(f"pccore/{launch.run_id or 'run'}/", store)
-
-    def remember_run_dir(self, run_dir: Path) -> None:
-        """Rank 0: note the run directory where a restarted attempt of this torchrun launch will find it."""
-        store = self._agent_store()
-        if store is not None:
-            with self._talking("noting the run directory in torchrun's store"):
-                store.set(RUN_DIR_KEY, str(run_dir))
-
-    def recall_run_dir(self) -> Path | None:
-        """Rank 0: the run directory an earlier attempt of this torchrun launch made, if one did (then this
-        attempt is a restart). The store, not TORCHELASTIC_RESTART_COUNT, decides: that count is kept per
-        machine, so the processes of a machine that did not fail may see 0 in a restarted attempt."""
-        store = self._agent_store()
-        if store is None:
-            return None
-        with self._talking("looking up the run directory in torchrun's store"):
-            if not store.check([RUN_DIR_KEY]):
-                return None
-            return Path(store.get(RUN_DIR_KEY).decode("utf-8"))
-
 
 _SINGLE = World()
 _current: World = _SINGLE
@@ -422,6 +405,23 @@ def join() -> World:
 
 
 @contextlib.contextmanager
+def session() -> Iterator[World]:
+    """`join()` for the length of a command: the group is left at the end (also after an error) if this
+    block joined it; one joined before (a script that calls the API under torchrun) stays joined. The ranks
+    wait for each other before leaving when the block ended normally or with an error raised on every rank
+    at the same point (`World.shared`, `World.agree`), not after an error of this rank alone."""
+    joined_before = current().distributed
+    try:
+        yield join()
+    except BaseException as err:
+        if not joined_before:
+            leave(together=bool(getattr(err, "pccore_together", False)))
+        raise
+    if not joined_before:
+        leave()
+
+
+@contextlib.contextmanager
 def _native_log_held_back() -> Iterator[None]:
     """Hold back what torch's C++ side writes to stderr meanwhile (file descriptor 2): while it waits for
     the other processes, the rendezvous logs every retry with a C++ backtrace. The log is shown after all
@@ -449,14 +449,21 @@ def _native_log_held_back() -> Iterator[None]:
                 sys.stderr.flush()
 
 
-def leave() -> None:
+def leave(together: bool = True) -> None:
     """Leave the process group, if this process joined one (also after a failure: a group left to the
-    interpreter's exit can abort the process)."""
+    interpreter's exit can abort the process). With `together` (every rank is leaving at the same point of
+    the program) the ranks first wait for each other, so that no rank tears its connections down while
+    another still exchanges its last messages over them, which makes gloo abort the process."""
     global _current
-    if _current.distributed:
-        _current = _SINGLE
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    world = _current
+    if not world.distributed:
+        return
+    _current = _SINGLE
+    if dist.is_initialized():
+        if together and not world.broken:
+            with contextlib.suppress(RuntimeError):
+                dist.barrier()
+        dist.destroy_process_group()
 
 
 def rank_zero_only(fn: Callable[..., T]) -> Callable[..., T | None]:

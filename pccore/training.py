@@ -23,8 +23,9 @@ follows the same path as in one process. Rank 0 alone makes the run directory an
 checkpoints, summaries and TensorBoard events, and prints progress; what it reads back when resuming
 reaches the other ranks through the process group, so that only rank 0's machine needs the run directory.
 Losses, energies and test accuracies are reduced over the ranks (exact counts), so every rank takes the
-same decisions (divergence, best epoch, early stop). A run that torchrun restarts (`--max-restarts`)
-continues the run directory its failed attempt made, found through the torchrun agent's store.
+same decisions (divergence, best epoch, early stop). Under `torchrun --max-restarts K` a run needs --out:
+a restarted attempt finds there the run that the failed attempt of the same launch started (run.json
+records the launch's id) and continues it from its checkpoints.
 """
 
 from __future__ import annotations
@@ -72,9 +73,9 @@ SMOKE_WIDTH = 0.0625
 SMOKE_HIDDEN = 32
 """Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
 RUN_INFO = "run.json"
-"""Marker file of a run directory: how the run was started (smoke or not), read by --resume, and its
-status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM) or "failed" (with the error under
-"error")."""
+"""Marker file of a run directory: how the run was started (smoke or not; under torchrun the launch's id,
+under "launch"), read by --resume, and its status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM)
+or "failed" (with the error under "error")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -92,16 +93,13 @@ def run_command(args: argparse.Namespace) -> int:
         raise UsageError("pccore run needs a RECIPE (a TOML file), or --resume RUN_DIR to continue a run.")
     if getattr(args, "nproc", None) is not None:
         return _launch(args)
-    try:
-        return _run(args)
-    finally:
-        distributed.leave()
+    with distributed.session() as world:
+        return _run(args, world)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, world: distributed.World) -> int:
     if args.resume:
         run_dir = Path(args.resume)
-        world = distributed.join()
         recipe, smoke = world.from_rank_zero(lambda: load_run(run_dir), "reading the run's recipe")
         train(recipe, run_dir, device=args.device, smoke=smoke, resume=True)
         return 0
@@ -187,11 +185,17 @@ def train(
         recipe = smoke_recipe(recipe)
     torch_device = world.place(resolve_device(recipe.run.device))
     autocast_dtype(recipe, torch_device)  # bf16 off CUDA is refused here, before any folder is made
-    restarted_in = None
-    if not resume and world.distributed:  # a run directory in torchrun's store: this is a restarted attempt
-        restarted_in = world.from_rank_zero(world.recall_run_dir, "looking up the run directory to continue")
-        if restarted_in is not None:
-            out_dir, resume = restarted_in, True
+    restarted = False
+    if not resume and world.restarts > 0:
+        if out_dir is None:
+            raise world.shared(UsageError(
+                f"torchrun --max-restarts {world.restarts} restarts the processes after a failure, and a restarted "
+                "attempt must find the run directory of the failed one: give it with --out DIR (or continue a run "
+                "with --resume DIR)."
+            ))
+        restarted = world.from_rank_zero(lambda: _made_by_this_launch(Path(out_dir), recipe, smoke, world.launch_id),
+                                         "looking for the run of a failed attempt")
+        resume = restarted
     if resume:
         world.from_rank_zero(lambda: _check_run_dir(out_dir), "opening the run directory")
         run_dir = Path(out_dir)
@@ -211,7 +215,8 @@ def train(
         world.from_rank_zero(lambda: _update_run_info(run_dir, status="running", error=None),
                              "marking the run as running")
     else:
-        run_dir = world.from_rank_zero(lambda: _start_run(recipe, out_dir, smoke, world), "making the run directory")
+        run_dir = world.from_rank_zero(lambda: _start_run(recipe, out_dir, smoke, world.launch_id),
+                                       "making the run directory")
     context = _RunContext(
         recipe=recipe,
         run_dir=run_dir,
@@ -228,7 +233,7 @@ def train(
     if world.size > 1:
         context.progress.note(f"data-parallel over {world.size} processes: data.batch_size = "
                               f"{recipe.data.batch_size} is the global batch")
-    if restarted_in is not None:
+    if restarted:
         context.progress.note(f"torchrun restarted the processes: continuing {run_dir}")
     note = schedule_note(recipe)
     if note:
@@ -308,22 +313,39 @@ def _run_name(recipe: Any) -> str:
     return Path(source).stem if source else "run"
 
 
+def _made_by_this_launch(out_dir: Path, recipe: Any, smoke: bool, launch_id: str | None) -> bool:
+    """Whether `out_dir` holds a run that an earlier attempt of this torchrun launch started with this very
+    recipe (then this attempt is a restart and continues it); decided by rank 0, which owns the files."""
+    from pccore.recipe import recipe_to_toml
+
+    if launch_id is None:
+        return False
+    try:
+        info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
+        saved = (out_dir / "recipe.toml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    return info.get("launch") == launch_id and info.get("smoke") == smoke and saved == recipe_to_toml(recipe)
+
+
 def _check_run_dir(out_dir: Path | None) -> None:
     """Refuse to resume from a run directory that does not exist."""
     if out_dir is None or not Path(out_dir).is_dir():
         raise UsageError(f"cannot resume: the run directory {out_dir} does not exist.")
 
 
-def _start_run(recipe: Any, out_dir: Path | None, smoke: bool, world: distributed.World | None = None) -> Path:
-    """Make the run directory and write `run.json` (status "running") and `recipe.toml` into it; when
-    that fails, remove what was made, so that no half-made run directory is left behind. Under torchrun the
-    directory is noted in the agent's store, where a restarted attempt finds it."""
+def _start_run(recipe: Any, out_dir: Path | None, smoke: bool, launch_id: str | None = None) -> Path:
+    """Make the run directory and write `run.json` (status "running"; the torchrun launch that started it,
+    if any) and `recipe.toml` into it; when that fails, remove what was made, so that no half-made run
+    directory is left behind."""
     from pccore.recipe import recipe_to_toml
 
     run_dir, created = _make_run_dir(recipe, out_dir, smoke)
+    info = {"smoke": smoke, "pccore_version": pccore.__version__, "status": "running"}
+    if launch_id is not None:
+        info["launch"] = launch_id
     try:
-        atomic_write_json(run_dir / RUN_INFO, {"smoke": smoke, "pccore_version": pccore.__version__,
-                                               "status": "running"})
+        atomic_write_json(run_dir / RUN_INFO, info)
         atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
     except BaseException:
         with contextlib.suppress(OSError):
@@ -332,8 +354,6 @@ def _start_run(recipe: Any, out_dir: Path | None, smoke: bool, world: distribute
             with contextlib.suppress(OSError):
                 run_dir.rmdir()
         raise
-    if world is not None:
-        world.remember_run_dir(run_dir)
     return run_dir
 
 
