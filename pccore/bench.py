@@ -425,7 +425,8 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("pc_allreduce_s") is not None:
         lines.append("")
         lines.append(
-            f"gradient all-reduce over {report['world_size']} processes: {report['gradient_mb']:.1f} MB of "
+            f"gradient all-reduce over {report['world_size']} process{'es' if report['world_size'] != 1 else ''}: "
+            f"{report['gradient_mb']:.1f} MB of "
             f"gradients per step, {report['ring_mb_per_rank']:.1f} MB sent by each rank in a ring; "
             f"pc {report['pc_allreduce_s']:.4f} s ({100 * report['pc_allreduce_share']:.1f}% of its step), "
             f"backprop {report['bp_allreduce_s']:.4f} s ({100 * report['bp_allreduce_share']:.1f}%); rank 0's times"
