@@ -73,7 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
         "  pccore run recipes/vgg15_tinyimagenet_sf_bf.toml --smoke\n"
         "  pccore run --resume runs/quickstart/version_0\n"
         "  pccore run recipes/quickstart.toml --nproc 2          (data-parallel, 2 processes on this machine)\n"
-        "  torchrun --nproc-per-node 4 -m pccore run recipes/vgg5_cifar10_sf.toml   (the same through torchrun)\n",
+        "  torchrun --nproc-per-node 4 -m pccore run recipes/vgg5_cifar10_sf.toml   (the same through torchrun)\n"
+        "\nIn data-parallel runs each process waits at most PCCORE_DIST_TIMEOUT seconds (default 1800) for the\n"
+        "others; under torchrun --max-restarts, give --out.\n",
     )
     run.add_argument("recipe", nargs="?", help="path to a TOML recipe (omit with --resume)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",

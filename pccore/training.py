@@ -486,7 +486,11 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
             lambda: load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None, "reading the checkpoint"
         )
     if saved is not None:
-        state = _restore(saved, checkpoint_path, asm, optimizer, schedule, seed)
+        try:
+            state = _restore(saved, checkpoint_path, asm, optimizer, schedule, seed)
+        except CheckpointError as err:  # every rank restores the same checkpoint: rank 0 reports it
+            world.shared(err)
+            raise
         ctx.progress.note(f"seed {seed}: resuming after epoch {state.epochs_done}")
     fresh = state.epochs_done == 0
     # A resumed seed hides the events its interrupted epoch logged after the checkpoint (all of them when

@@ -533,3 +533,16 @@ def test_errors_shared_by_every_rank_are_reported_by_rank_zero(monkeypatch) -> N
     monkeypatch.setenv("RANK", "0")
     assert not distributed.quiet_here(err) and distributed.rank_label() == ""
     assert not distributed.World().shared(PeerFailed("y")).__dict__  # a single process marks nothing
+
+
+def test_nproc_starts_the_same_command_in_every_process(tmp_path: Path, monkeypatch) -> None:
+    import pccore.launch
+
+    recipe = _recipe(tmp_path)
+    started = []
+    monkeypatch.setattr(pccore.launch, "launch_local", lambda nproc, argv: started.append((nproc, argv)) or 0)
+    assert main(["run", str(recipe), "--set", "train.epochs=1", "--device", "cpu", "--out", "o", "--smoke",
+                 "--nproc", "3"]) == 0
+    assert main(["run", "--resume", str(tmp_path / "missing"), "--nproc", "2"]) == 2  # checked before starting
+    assert started == [(3, ["run", str(recipe), "--set", "train.epochs=1", "--device", "cpu", "--out", "o",
+                            "--smoke"])]
