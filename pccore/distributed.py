@@ -24,13 +24,16 @@ seconds (default 1800, torch's own default) raises `PeerLost`, a pccore error wi
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import functools
+import gc
 import io
 import os
 import pickle
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -401,6 +404,7 @@ def join() -> World:
             f"address and that it can be reached (raise {TIMEOUT_ENV} to wait longer)."
         ) from err
     _current = World(launch, timeout)
+    atexit.register(_leave_at_exit)
     return _current
 
 
@@ -426,7 +430,6 @@ def _native_log_held_back() -> Iterator[None]:
     """Hold back what torch's C++ side writes to stderr meanwhile (file descriptor 2): while it waits for
     the other processes, the rendezvous logs every retry with a C++ backtrace. The log is shown after all
     when the block fails and PCCORE_DEBUG asks for details; otherwise the error message says what failed."""
-    import sys
     import tempfile
 
     from pccore.failures import debug_from_env
@@ -449,6 +452,12 @@ def _native_log_held_back() -> Iterator[None]:
                 sys.stderr.flush()
 
 
+def _leave_at_exit() -> None:
+    """A script that trained through the API under torchrun leaves the group when it ends: together with
+    the others if it ended normally, at once if an exception ended it (the others may be anywhere)."""
+    leave(together=not hasattr(sys, "last_value"))
+
+
 def leave(together: bool = True) -> None:
     """Leave the process group, if this process joined one (also after a failure: a group left to the
     interpreter's exit can abort the process). With `together` (every rank is leaving at the same point of
@@ -463,6 +472,7 @@ def leave(together: bool = True) -> None:
         if together and not world.broken:
             with contextlib.suppress(RuntimeError):
                 dist.barrier()
+        gc.collect()  # pending work objects kept alive by reference cycles, freed while the group exists
         dist.destroy_process_group()
 
 
