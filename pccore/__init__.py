@@ -20,8 +20,14 @@ Looking inside
     diagnose_batch(engine, x, y)        the same for your engine and batch
     benchmark(recipe)                   step time and memory against backprop (`pccore bench --json`)
 
+Experiments at scale
+    search_study(study_file)            an Optuna search (`pccore tune`); returns the study's summary
+    sweep_recipes(recipes, out=...)     every recipe for every seed, one process each (`pccore sweep`)
+    report_runs(run_dirs)               the paper's table shape as data (`pccore report --json`)
+
 Figures (pip install "pccore[plot]")
-    plot_diagnosis(report), plot_schedule(schedule) -> matplotlib Figure; save_png(figure, path)
+    plot_diagnosis(report), plot_schedule(schedule), plot_depth(report) -> matplotlib Figure;
+    save_png(figure, path)
 
 Plugins
     Component, hookimpl                 what a plugin registers (see docs/plugins.md)
@@ -36,14 +42,17 @@ from pccore.api import (
     load_recipe,
     make_engine,
     precision_schedule,
+    report_runs,
     resume,
+    search_study,
+    sweep_recipes,
     train,
 )
 from pccore.components import Component
 from pccore.diagnose import diagnose_batch
 from pccore.engine import PCEngine, StepOutput
 from pccore.errors import PccoreError
-from pccore.figures import plot_diagnosis, plot_schedule, save_png
+from pccore.figures import plot_depth, plot_diagnosis, plot_schedule, save_png
 from pccore.hookspecs import hookimpl
 from pccore.recipe import Recipe
 
@@ -63,10 +72,14 @@ __all__ = [
     "load_engine",
     "load_recipe",
     "make_engine",
+    "plot_depth",
     "plot_diagnosis",
     "plot_schedule",
     "precision_schedule",
+    "report_runs",
     "resume",
     "save_png",
+    "search_study",
+    "sweep_recipes",
     "train",
 ]

@@ -217,7 +217,8 @@ def load_engine(
     """The engine of a finished (or interrupted) run with its trained weights, in evaluation mode.
 
     `seed` picks the seed's folder (default: the recipe's first seed); `checkpoint` is "best" (best.pt,
-    the epoch with the best test top-1) or "last" (checkpoint.pt). `device` defaults to the recipe's
+    the epoch with the best validation top-1 when the run has a validation split, else the best test
+    top-1) or "last" (checkpoint.pt). `device` defaults to the recipe's
     `run.device`. `engine.predict(x)` gives logits; `engine.model` holds the blocks.
     """
     from pccore.assemble import assemble, resolve_device
@@ -422,4 +423,55 @@ def benchmark(
     label = str(recipe) if isinstance(recipe, (str, os.PathLike)) else ""
     return run_bench(resolved, registry, resolve_device(device or resolved.run.device), steps=steps,
                      warmup=warmup, label=label, cpu_memory=memory)
+
+
+# --- experiments at scale ------------------------------------------------------------------------
+
+
+def search_study(
+    study: str | os.PathLike,
+    *,
+    trials: int | None = None,
+    workers: int = 1,
+    devices: str | None = None,
+    storage: str | None = None,
+    out: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run a study file with Optuna as `pccore tune STUDY` does and return its summary (`best_value`,
+    `best_params`, `best_trial`, the counts and every trial); `best.toml` and `summary.json` are written into
+    `out` (default `run.out_dir/<study name>`). Calling it again continues the study."""
+    from pccore.tune.command import search
+
+    return search(study, trials=trials, workers=workers, devices=devices, storage=storage, out=out,
+                  progress=_stream(quiet))
+
+
+def sweep_recipes(
+    recipes: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    seeds: str | None = None,
+    workers: int = 1,
+    devices: str | None = None,
+    overrides: Overrides = None,
+    timeout: float | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Train every recipe for every seed (`"0-4"`, `"0,1,2"`) as `pccore sweep` does, each (recipe, seed)
+    in its own process, into `out/<run name>/`; returns `ok`, and each run directory with what became of
+    each seed."""
+    from pccore import sweep
+
+    return sweep.sweep_recipes(recipes, out=out, seeds=seeds, workers=workers, devices=devices,
+                               overrides=_as_set_arguments(overrides), timeout=timeout, progress=_stream(quiet))
+
+
+def report_runs(runs: Sequence[str | os.PathLike], *, by: str = "method") -> dict[str, Any]:
+    """Run directories (or folders holding them) as `pccore report --json` gives them: the rows, columns
+    and cells (n, mean and population std of the best test top-1 and, with a validation split, of the
+    validation numbers). Draw top-1 against depth with `pccore.plot_depth`."""
+    from pccore.report import build_report
+
+    return build_report(runs, by)
 

@@ -11,6 +11,8 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
+from pccore.tune import DEFAULT_GRACE_PERIOD
+
 EPILOG = """\
 examples:
   pccore run recipes/quickstart.toml
@@ -20,6 +22,10 @@ examples:
   pccore schedule recipes/vgg5_cifar10_sf.toml --json
   pccore diagnose recipes/quickstart.toml --smoke --plot diagnosis.png
   pccore bench recipes/vgg5_cifar10_sf_bf.toml --steps 10
+  pccore tune recipes/studies/quickstart.toml --workers 2
+  pccore tune show runs/quickstart_search
+  pccore sweep recipes/vgg5_cifar10_*.toml --seeds 0-4 --out runs/grid
+  pccore report runs/grid --format md --plot depth.png
   pccore plugins --json
   pccore --debug run recipes/quickstart.toml --smoke    (a traceback with any error)
 """
@@ -133,7 +139,87 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=int, default=2, help="untimed warm-up steps (default 2)")
     bench.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     bench.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_tune(subs)
+    _add_sweep(subs)
+    _add_report(subs)
     return parser
+
+
+def _add_tune(subs) -> None:
+    tune = _sub(subs, "tune",
+                "search hyperparameters with Optuna (a study file), or show a study's results",
+                "  pccore tune recipes/studies/quickstart.toml --workers 2\n"
+                "  pccore tune study.toml --trials 40 --out runs/mystudy      (run again: the study continues)\n"
+                "  pccore tune study.toml --storage postgresql://user@db-host/pccore --workers 4 --devices "
+                "cuda:0,cuda:1\n"
+                "  pccore tune study.toml --storage journal:/shared/studies/mystudy.log --grace-period 600\n"
+                "  pccore tune study.toml --check                 (validate the study file, run nothing)\n"
+                "  pccore tune show runs/quickstart_search --top 5 --plot figures/\n"
+                "  pccore tune show postgresql://user@db-host/pccore --study mystudy --json\n")
+    tune.add_argument("study", metavar="STUDY", help='a study file (TOML), or "show" to report on a study')
+    tune.add_argument("target", nargs="?", metavar="DIR_OR_STORAGE",
+                      help="(show) the study's output folder, an SQLAlchemy URL or journal:PATH")
+    tune.add_argument("--trials", type=int, help="finished trials (complete + pruned) to aim for (overrides the file)")
+    tune.add_argument("--workers", type=int, default=1, help="local worker processes on the study (default 1)")
+    tune.add_argument("--devices", metavar="LIST",
+                      help="devices for the workers, round-robin, e.g. cuda:0,cuda:1 (default: run.device)")
+    tune.add_argument("--storage", metavar="URL",
+                      help="an SQLAlchemy URL or journal:PATH (default: sqlite in the output folder, study.db)")
+    tune.add_argument("--out", metavar="DIR", help="output folder (default: run.out_dir/<study name>)")
+    tune.add_argument("--grace-period", type=int, default=DEFAULT_GRACE_PERIOD, metavar="SECONDS",
+                      help="a running trial whose worker sent no heartbeat for this long is marked failed "
+                           f"(default {DEFAULT_GRACE_PERIOD})")
+    tune.add_argument("--check", action="store_true", help="validate the study file against its recipe and stop")
+    tune.add_argument("--json", action="store_true", help="machine-readable output (progress lines go to stderr)")
+    tune.add_argument("--top", type=int, default=10, help="(show) how many of the best trials to list (default 10)")
+    tune.add_argument("--study", dest="study_name", metavar="NAME",
+                      help="(show) the study's name, when the storage holds several")
+    tune.add_argument("--plot", metavar="DIR",
+                      help="(show) write Optuna's figures (history, parallel coordinates, importances) as PNG "
+                           'files into DIR (needs pip install "pccore[plot]")')
+    tune.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    tune.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
+
+
+def _add_sweep(subs) -> None:
+    sweep = _sub(subs, "sweep",
+                 "run recipes for several seeds, each (recipe, seed) in its own process, N at a time",
+                 "  pccore sweep recipes/vgg*_cifar10_*.toml --seeds 0-4 --out runs/cifar10 --workers 2 "
+                 "--devices cuda:0,cuda:1\n"
+                 "  pccore sweep recipes/quickstart*.toml --seeds 0,1,2 --out runs/quick --set train.epochs=2\n"
+                 "  pccore sweep recipes/quickstart.toml --seeds 0-9 --out runs/quick   (again: skips finished "
+                 "seeds, resumes the others)\n"
+                 "  pccore sweep recipes/vgg5_cifar10_sf.toml --seeds 0-4 --out runs/grid --timeout 7200 --json\n")
+    sweep.add_argument("recipes", nargs="+", metavar="RECIPE", help="recipe files (TOML)")
+    sweep.add_argument("--seeds", help="seeds, e.g. 0-4 or 0,1,2 (default: each recipe's run.seeds)")
+    sweep.add_argument("--out", metavar="DIR", help="the sweep folder (required): DIR/<run name>/seed_<n>/")
+    sweep.add_argument("--workers", type=int, default=1, help="runs at a time, each its own process (default 1)")
+    sweep.add_argument("--devices", metavar="LIST", help="devices for the workers, round-robin, e.g. cuda:0,cuda:1")
+    sweep.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a value in every recipe, parsed as TOML (repeatable)")
+    sweep.add_argument("--timeout", type=float, metavar="SECONDS",
+                       help="stop a run that takes longer (its checkpoint is kept; a later sweep resumes it)")
+    sweep.add_argument("--json", action="store_true", help="machine-readable output (progress lines go to stderr)")
+    sweep.add_argument("--train-seed", type=int, help=argparse.SUPPRESS)
+    sweep.add_argument("--worker-threads", type=int, help=argparse.SUPPRESS)
+
+
+def _add_report(subs) -> None:
+    report = _sub(subs, "report",
+                  "collect run directories into the paper's tables: methods by model, mean ± std over seeds",
+                  "  pccore report runs/cifar10                     (a sweep folder)\n"
+                  "  pccore report runs/*/version_0 --format latex > table.tex\n"
+                  "  pccore report runs/cifar10 --format csv --plot depth.png\n"
+                  "  pccore report runs/ablation --by method,inference.steps\n"
+                  "  pccore report runs/cifar10 --json > cells.json\n")
+    report.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories, or folders holding them")
+    report.add_argument("--format", choices=("md", "csv", "latex"), default="md", help="table format (default md)")
+    report.add_argument("--by", default="method",
+                        help="what the rows are: method (default), recipe, or dotted recipe keys, comma-separated "
+                             "(e.g. method,inference.steps)")
+    report.add_argument("--plot", metavar="FILE.png",
+                        help='also draw top-1 against depth per row into FILE.png (needs pip install "pccore[plot]")')
+    report.add_argument("--json", action="store_true", help="the cells as data instead of a table")
 
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -159,6 +245,18 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         from pccore.bench import bench_command
 
         return bench_command(args)
+    if args.command == "tune":
+        from pccore.tune.command import tune_command
+
+        return tune_command(args)
+    if args.command == "sweep":
+        from pccore.sweep import sweep_command
+
+        return sweep_command(args)
+    if args.command == "report":
+        from pccore.report import report_command
+
+        return report_command(args)
     parser.print_help()
     return 2
 

@@ -27,12 +27,19 @@ class NoParams:
 
 @attrs.define(frozen=True)
 class Component:
-    """One named component: `factory(params)` builds it, `params` is the attrs class of its parameters."""
+    """One named component: `factory(params)` builds it, `params` is the attrs class of its parameters.
+
+    `label` is how `pccore report` names the component in tables: a method's name joins the labels of its
+    precision, update rule and nudging with "+" ("S+F"), a column's the labels of its dataset, architecture
+    and normalisation ("CIFAR-10 VGG5BF"). An empty label leaves the component out of a name (the plain
+    default, such as constant precision); None uses the component's `name`.
+    """
 
     name: str
     factory: Callable[[Any], Any]
     params: type = NoParams
     description: str = ""
+    label: str | None = None
 
 
 # --- precision -----------------------------------------------------------------------------------

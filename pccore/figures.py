@@ -251,3 +251,37 @@ def _annotate(ax: Any, table: np.ndarray, norm: Any) -> None:
             dark = not np.ma.is_masked(level) and float(level) < 0.6  # magma is dark at the low end
             ax.text(t, l, f"{value:.3g}", ha="center", va="center", fontsize="x-small",
                     color="white" if dark else "black")
+
+
+def plot_depth(report: Mapping[str, Any], title: str | None = None) -> Any:
+    """Best test top-1 (%) against depth L, one line per row of a `pccore report` (mean ± population std
+    over seeds as error bars), one panel per dataset and normalisation (the paper's plain and BF columns).
+    Cells whose depth is unknown are left out."""
+    matplotlib = _matplotlib()
+    cells = [c for c in report["cells"] if c.get("depth") and "best_top1_mean" in c]
+    if not cells:
+        raise UsageError("--plot: no cell has a model whose depth is known, so there is nothing to draw")
+    normalization = {(col["dataset"], col["model"]): col.get("normalization", "") for col in report["columns"]}
+    panels = sorted({(c["dataset"], normalization.get((c["dataset"], c["model"]), "")) for c in cells})
+    figure = matplotlib.figure.Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
+    axes = figure.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (dataset, norm) in zip(axes, panels, strict=True):
+        for row in report["rows"]:
+            points = sorted(
+                (c["depth"], 100 * c["best_top1_mean"], 100 * c["best_top1_std"]) for c in cells
+                if c["row"] == row and c["dataset"] == dataset
+                and normalization.get((c["dataset"], c["model"]), "") == norm
+            )
+            if points:
+                depth, mean, std = zip(*points, strict=True)
+                ax.errorbar(depth, mean, yerr=std, marker="o", capsize=3, label=row)
+        ax.set_title(f"{dataset}{' ' + norm if norm else ''}")
+        ax.set_xlabel("depth L (blocks)")
+        ax.set_ylabel("best test top-1 (%)")
+        ax.set_xticks(sorted({c["depth"] for c in cells}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    if title:
+        figure.suptitle(title)
+    return figure
+

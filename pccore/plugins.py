@@ -121,6 +121,8 @@ def _validate(kind: str, result: Any) -> list[Component]:
             raise _Malformed(f"{kind} {item.name!r}: params {item.params!r} is not an attrs class")
         if not callable(item.factory):
             raise _Malformed(f"{kind} {item.name!r}: factory {item.factory!r} is not callable")
+        if item.label is not None and (not isinstance(item.label, str) or not item.label.isprintable()):
+            raise _Malformed(f"{kind} {item.name!r}: label {item.label!r} must be None or a one-line string")
     return components
 
 

@@ -111,15 +111,21 @@ class RunLogger:
         self.writer.add_scalar("lr", lr, step)
 
     def log_epoch(
-        self, step: int, *, epoch: int, loss: float, top1: float, top5: float, energy: Sequence[float]
+        self, step: int, *, epoch: int, loss: float, top1: float, top5: float, energy: Sequence[float],
+        val_top1: float | None = None, val_top5: float | None = None,
     ) -> None:
-        """End-of-epoch metrics: test accuracy, the epoch's mean loss and per-layer energies."""
+        """End-of-epoch metrics: test (and validation) accuracy, the epoch's mean loss and per-layer
+        energies."""
         if self.writer is None:
             return
         self.writer.add_scalar("epoch", epoch, step)
         self.writer.add_scalar("train/epoch_loss", loss, step)
         self.writer.add_scalar("test/top1", top1, step)
         self.writer.add_scalar("test/top5", top5, step)
+        if val_top1 is not None:
+            self.writer.add_scalar("val/top1", val_top1, step)
+        if val_top5 is not None:
+            self.writer.add_scalar("val/top5", val_top5, step)
         for layer, value in enumerate(energy, start=1):
             self.writer.add_scalar(energy_tag(layer), value, step)
         self.writer.flush()

@@ -3,7 +3,8 @@
 A run directory holds the resolved recipe (`recipe.toml`), a marker of how the run was started and how
 it stands (`run.json`: running, finished, interrupted or failed with its error), the aggregate
 `summary.json`, and per seed `seed_<n>/` with TensorBoard events,
-`checkpoint.pt` (after the latest epoch), `best.pt` (at the best top-1) and the seed's `summary.json`.
+`checkpoint.pt` (after the latest epoch), `best.pt` (at the best top-1: the validation top-1 when the recipe
+holds a validation split, else the test top-1) and the seed's `summary.json`.
 A seed with a `summary.json` is finished; `pccore run --resume RUN_DIR` skips it and continues every other
 seed from its last checkpoint. Checkpoints are taken at epoch boundaries and restore every random
 generator; since the data order depends only on (seed, epoch), a resumed run on the CPU ends with the same
@@ -40,7 +41,7 @@ import random
 import re
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -62,6 +63,7 @@ from pccore.data import BatchFeeder, smoke_data
 from pccore.errors import DivergenceError, PccoreError, UsageError
 from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, is_folder, make_folder
 from pccore.optim import END_FACTOR, WarmupCosine, make_optimizer
+from pccore.splits import carve_validation, validation_seed
 from pccore.tensorboard import RunLogger
 
 SMOKE_BATCHES = 2
@@ -74,8 +76,9 @@ SMOKE_HIDDEN = 32
 """Largest hidden layer of a --smoke run (architectures with a `hidden` list)."""
 RUN_INFO = "run.json"
 """Marker file of a run directory: how the run was started (smoke or not; under torchrun the launch's id,
-under "launch"), read by --resume, and its status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM)
-or "failed" (with the error under "error")."""
+under "launch"), read by --resume, and its status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM),
+"failed" (with the error under "error") or "stopped" (by an epoch-end hook such as a tuner's pruner, with
+its reason under "reason")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -163,12 +166,18 @@ def train(
     resume: bool = False,
     registry: Any = None,
     stream: TextIO | None = None,
+    epoch_end: EpochHook | None = None,
+    only_seeds: Sequence[int] | None = None,
 ) -> dict[str, Any]:
     """Train and evaluate `recipe` once per seed and return the aggregate summary (also saved as JSON).
 
     `out_dir` None makes `run.out_dir/<name>/version_<N>` (under `smoke/` for smoke runs); a given folder
     is used exactly. `device` overrides `run.device`. `smoke` trains a few batches of random data shaped
     like the dataset with a reduced model. `resume` continues the run already in `out_dir`.
+    `epoch_end` is called after every epoch (see `EpochReport`); a reason it returns stops the run there.
+    `only_seeds` (with `resume`) trains just those of the recipe's seeds, leaving run.json and the
+    aggregate summary.json to the caller, so that several processes can train the seeds of one run
+    directory (`pccore sweep`); the summary returned then holds only `seeds`.
     """
     if registry is None:
         from pccore.plugins import get_registry
@@ -199,7 +208,7 @@ def train(
     if resume:
         world.from_rank_zero(lambda: _check_run_dir(out_dir), "opening the run directory")
         run_dir = Path(out_dir)
-    seeds = _seeds(recipe)
+    seeds = _seeds(recipe) if only_seeds is None else _chosen_seeds(recipe, only_seeds, resume)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
     spec = dataset.spec()
     preflight(recipe, spec, torch_device, registry)  # components built, sizes checked: before any folder
@@ -207,14 +216,15 @@ def train(
         smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke
         else world.local_zero_first(dataset.load, "loading the dataset")
     )
+    data, validation = _validation_data(recipe, data, smoke)
     images = getattr(data, "train_images", None)
     if isinstance(images, torch.Tensor) and images.dim() == 4:  # a training batch the model cannot take
         world.check_batches(recipe.data.batch_size, int(images.shape[0]), recipe.train.max_batches)
         preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]), shards=world.size)
-    if resume:
-        world.from_rank_zero(lambda: _update_run_info(run_dir, status="running", error=None),
+    if resume and only_seeds is None:
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="running", error=None, reason=None),
                              "marking the run as running")
-    else:
+    elif not resume:
         run_dir = world.from_rank_zero(lambda: _start_run(recipe, out_dir, smoke, world.launch_id),
                                        "making the run directory")
     context = _RunContext(
@@ -228,6 +238,8 @@ def train(
         progress=Progress(stream),
         plugins=sorted({f"{p.distribution} {p.version}".strip() for p in registry.plugins}),
         world=world,
+        validation=validation,
+        epoch_end=epoch_end,
     )
     print(f"run directory: {run_dir}", file=stream, flush=True)
     if world.size > 1:
@@ -242,15 +254,27 @@ def train(
     try:
         for seed in seeds:
             results.append(_train_seed(context, seed, resume))
+            if context.stop_reason is not None:
+                break
+        if only_seeds is not None:
+            return {"seeds": results}
         summary = aggregate(results)
         summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device),
                    "world_size": world.size, **summary}
+        if context.stop_reason is not None:
+            summary["stopped"] = context.stop_reason
         world.from_rank_zero(lambda: atomic_write_json(run_dir / "summary.json", summary), "writing the summary")
     except (Exception, KeyboardInterrupt) as err:
         context.progress.abort()
-        _record_failure(run_dir, err)
+        if only_seeds is None:
+            _record_failure(run_dir, err)
         raise
-    world.from_rank_zero(lambda: _update_run_info(run_dir, status="finished"), "marking the run as finished")
+    if context.stop_reason is not None:
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="stopped", reason=context.stop_reason),
+                             "marking the run as stopped")
+    else:
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="finished", reason=None),
+                             "marking the run as finished")
     context.progress.final(summary)
     return summary
 
@@ -305,12 +329,29 @@ def _seeds(recipe: Any) -> list[int]:
     return [int(s) for s in recipe.run.seeds]
 
 
+def _chosen_seeds(recipe: Any, only_seeds: Sequence[int], resume: bool) -> list[int]:
+    """`only_seeds`, checked: they continue an existing run and are among its recipe's seeds."""
+    if not resume:
+        raise UsageError("training only some seeds (only_seeds) continues an existing run directory: pass resume")
+    chosen = [int(s) for s in only_seeds]
+    missing = [s for s in chosen if s not in _seeds(recipe)]
+    if missing:
+        raise UsageError(f"seeds {missing} are not among the run's seeds {_seeds(recipe)} (run.seeds)")
+    return chosen
+
+
 def _run_name(recipe: Any) -> str:
     """run.name, or the recipe file's stem, or "run"."""
     if getattr(recipe.run, "name", None):
         return str(recipe.run.name)
     source = getattr(recipe, "source", None)
     return Path(source).stem if source else "run"
+
+
+def start_run(recipe: Any, out_dir: Path) -> Path:
+    """Make the run directory `out_dir` for `recipe` (run.json, recipe.toml) without training anything, for
+    processes that then train its seeds (`pccore sweep`); UsageError when it holds a run already."""
+    return _start_run(recipe, Path(out_dir), smoke=False)
 
 
 def _made_by_this_launch(out_dir: Path, recipe: Any, smoke: bool, launch_id: str | None) -> bool:
@@ -385,6 +426,12 @@ def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> tuple[Path,
         return candidate, True
 
 
+def record_status(run_dir: Path, status: str, **details: Any) -> None:
+    """Set the status in a run directory's run.json, with details such as `error` (None removes a key),
+    for callers that train a run's seeds in their own processes (`pccore sweep`)."""
+    _update_run_info(Path(run_dir), status=status, **details)
+
+
 def _update_run_info(run_dir: Path, **changes: Any) -> None:
     """Rewrite run.json with `changes` (a None value removes its key)."""
     path = run_dir / RUN_INFO
@@ -412,6 +459,40 @@ def _record_failure(run_dir: Path, err: BaseException) -> None:
         print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
 
 
+# --- validation split and the epoch-end hook (tuners) -------------------------------------------
+
+
+@attrs.frozen
+class EpochReport:
+    """What an epoch-end hook sees: the seed, the epoch just finished (1-based) and its metrics
+    (fractions in [0, 1]; the validation ones are None without a validation split)."""
+
+    seed: int
+    epoch: int
+    epochs: int
+    loss: float
+    top1: float
+    top5: float
+    val_top1: float | None
+    val_top5: float | None
+
+
+EpochHook = Callable[[EpochReport], "str | None"]
+"""Called after every epoch, once its checkpoint is written; a string it returns is the reason to stop
+the run there (a tuner's pruner), None lets it go on."""
+
+
+def _validation_data(recipe: Any, data: Any, smoke: bool) -> tuple[Any, Any]:
+    """The data to train on and the validation data (None without `data.validation_fraction`). A smoke
+    run's random labels are too few to stratify: it validates on its random test split instead."""
+    fraction = float(recipe.data.validation_fraction)
+    if fraction <= 0:
+        return data, None
+    if smoke:
+        return data, data
+    return carve_validation(data, fraction, validation_seed(recipe.data))
+
+
 # --- one seed ------------------------------------------------------------------------------------
 
 
@@ -427,6 +508,9 @@ class _RunContext:
     progress: Progress
     plugins: list[str]
     world: distributed.World = attrs.Factory(distributed.current)
+    validation: Any = None
+    epoch_end: EpochHook | None = None
+    stop_reason: str | None = None
 
 
 @attrs.define
@@ -440,6 +524,9 @@ class SeedState:
     since_best: int = 0
     history: list[dict[str, float]] = attrs.Factory(list)
     wall_s: float = 0.0
+    best_val_top1: float = 0.0
+    best_val_epoch: int = 0
+    test_top1_at_best_val: float = 0.0
 
 
 def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
@@ -473,6 +560,10 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
         ctx.data, train=False, batch_size=recipe.data.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
         channels_last=channels_last, max_batches=0, shard=shard,
     )
+    val_feeder = None if ctx.validation is None else BatchFeeder(
+        ctx.validation, train=False, batch_size=recipe.data.eval_batch_size, device=ctx.device,
+        dtype=ctx.dtype, channels_last=channels_last, max_batches=0, shard=shard,
+    )
     batches = len(train_feeder)
     optimizer = make_optimizer([p for p in asm.blocks.parameters() if p.requires_grad], recipe.optimizer)
     schedule = WarmupCosine(
@@ -502,7 +593,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
             from pccore.recipe import recipe_to_toml
 
             logger.log_start(recipe_to_toml(recipe), asm.table)
-        loop = _SeedLoop(ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state)
+        loop = _SeedLoop(ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state, val_feeder)
         loop.run(checkpoint_path, seed_dir / "best.pt")
         from pccore.recipe import flatten_recipe
 
@@ -527,6 +618,16 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
         "plugins": ctx.plugins,
         "history": state.history,
     }
+    if val_feeder is not None:
+        summary.update(
+            best_val_top1=state.best_val_top1,
+            best_val_epoch=state.best_val_epoch,
+            test_top1_at_best_val=state.test_top1_at_best_val,
+            validation={"fraction": recipe.data.validation_fraction, "seed": validation_seed(recipe.data),
+                        "images": val_feeder.size},
+        )
+    if ctx.stop_reason is not None:
+        summary["stopped"] = ctx.stop_reason
     world.from_rank_zero(lambda: atomic_write_json(summary_path, summary), "writing the seed's summary")
     return summary
 
@@ -553,7 +654,8 @@ def _restore(saved: dict[str, Any], path: Path, asm: Any, optimizer: Any, schedu
 class _SeedLoop:
     """The epoch loop of one seed: train, evaluate, track the best, checkpoint, log, stop early."""
 
-    def __init__(self, ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state) -> None:
+    def __init__(self, ctx, seed, asm, optimizer, schedule, train_feeder, test_feeder, logger, state,
+                 val_feeder=None) -> None:
         self.ctx = ctx
         self.recipe = ctx.recipe
         self.seed = seed
@@ -570,9 +672,11 @@ class _SeedLoop:
         self.every = int(self.recipe.log.every)
         self.world = ctx.world
         self.replicas = distributed.ReplicaSync(self.world, asm.blocks, asm.components["normalization"])
+        self.val_feeder: BatchFeeder | None = val_feeder
 
     def run(self, checkpoint_path: Path, best_path: Path) -> None:
-        """Epochs until `train.epochs`, or until `train.patience` epochs pass without a better top-1."""
+        """Epochs until `train.epochs`, or until `train.patience` epochs pass without a better top-1 (the
+        validation top-1 when there is a validation split), or until the epoch-end hook stops the run."""
         state = self.state
         epochs = int(self.recipe.train.epochs)
         patience = int(self.recipe.train.patience)
@@ -582,26 +686,53 @@ class _SeedLoop:
             self.asm.nudging.begin_epoch(self.seed, epoch)
             loss, energy = self._train_epoch(epoch, epochs, checkpoint_path)
             top1, top5 = evaluate(self.engine, self.test_feeder.epoch(self.seed, 0), self.top_k, self.world)
+            val_top1 = val_top5 = None
+            if self.val_feeder is not None:
+                val_top1, val_top5 = evaluate(self.engine, self.val_feeder.epoch(self.seed, 0), self.top_k,
+                                              self.world)
             seconds = time.perf_counter() - start
-            improved = state.best_epoch == 0 or top1 > state.best_top1
-            if improved:
-                state.best_top1, state.best_epoch, state.since_best = top1, epoch + 1, 0
-            else:
-                state.since_best += 1
-            state.best_top5 = max(state.best_top5, top5)
+            improved = self._track_best(epoch + 1, top1, top5, val_top1)
             state.epochs_done = epoch + 1
             state.wall_s += seconds
-            state.history.append(
-                {"epoch": epoch + 1, "loss": loss, "top1": top1, "top5": top5, "seconds": seconds}
-            )
+            entry = {"epoch": epoch + 1, "loss": loss, "top1": top1, "top5": top5, "seconds": seconds}
+            if val_top1 is not None:
+                entry.update(val_top1=val_top1, val_top5=val_top5)
+            state.history.append(entry)
             if self.recipe.log.checkpoints:
                 best = best_path if improved else None
                 save = functools.partial(self._save, checkpoint_path, best)
                 self.world.from_rank_zero(save, "writing the checkpoint")
             self.logger.log_epoch(
-                self.schedule.step_count, epoch=epoch + 1, loss=loss, top1=top1, top5=top5, energy=energy
+                self.schedule.step_count, epoch=epoch + 1, loss=loss, top1=top1, top5=top5, energy=energy,
+                val_top1=val_top1, val_top5=val_top5,
             )
-            self.ctx.progress.epoch_end(self.seed, epoch + 1, epochs, loss, top1, top5, state, seconds)
+            self.ctx.progress.epoch_end(self.seed, epoch + 1, epochs, loss, top1, top5, state, seconds, val_top1)
+            if self.ctx.epoch_end is not None:
+                report = EpochReport(self.seed, epoch + 1, epochs, loss, top1, top5, val_top1, val_top5)
+                # rank 0 decides, so that every process stops after the same epoch
+                reason = self.world.from_rank_zero(functools.partial(self.ctx.epoch_end, report),
+                                                   "asking whether to stop")
+                if reason:
+                    self.ctx.stop_reason = str(reason)
+                    self.ctx.progress.note(f"seed {self.seed}: stopped after epoch {epoch + 1}: {reason}")
+                    return
+
+    def _track_best(self, epoch: int, top1: float, top5: float, val_top1: float | None) -> bool:
+        """Update the best test (and validation) top-1; whether the epoch is the new best by the selection
+        metric (validation top-1 when there is one, else test top-1), which early stopping and best.pt
+        follow."""
+        state = self.state
+        test_improved = state.best_epoch == 0 or top1 > state.best_top1
+        if test_improved:
+            state.best_top1, state.best_epoch = top1, epoch
+        state.best_top5 = max(state.best_top5, top5)
+        improved = test_improved
+        if val_top1 is not None:
+            improved = state.best_val_epoch == 0 or val_top1 > state.best_val_top1
+            if improved:
+                state.best_val_top1, state.best_val_epoch, state.test_top1_at_best_val = val_top1, epoch, top1
+        state.since_best = 0 if improved else state.since_best + 1
+        return improved
 
     def _save(self, checkpoint_path: Path, best_path: Path | None) -> None:
         checkpoint = self._checkpoint()
@@ -725,17 +856,21 @@ def evaluate(
 
 
 def aggregate(seed_summaries: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Mean and population standard deviation (ddof 0) of the seeds' best top-1 and top-5."""
+    """Mean and population standard deviation (ddof 0) of the seeds' best top-1 and top-5, and with a
+    validation split of their best validation top-1 and the test top-1 at that epoch."""
     top1 = [float(s["best_top1"]) for s in seed_summaries]
     top5 = [float(s["best_top5"]) for s in seed_summaries]
-    return {
+    out = {
         "top1_mean": _mean(top1),
         "top1_std": _population_std(top1),
         "top5_mean": _mean(top5),
         "top5_std": _population_std(top5),
-        "std": "population (ddof 0)",
-        "seeds": list(seed_summaries),
     }
+    if seed_summaries and all("best_val_top1" in s for s in seed_summaries):
+        for key in ("best_val_top1", "test_top1_at_best_val"):
+            values = [float(s[key]) for s in seed_summaries]
+            out.update({f"{key}_mean": _mean(values), f"{key}_std": _population_std(values)})
+    return {**out, "std": "population (ddof 0)", "seeds": list(seed_summaries)}
 
 
 def _mean(values: Sequence[float]) -> float:
@@ -789,13 +924,17 @@ class Progress:
 
     def epoch_end(
         self, seed: int, epoch: int, epochs: int, loss: float, top1: float, top5: float, state: SeedState,
-        seconds: float,
+        seconds: float, val_top1: float | None = None,
     ) -> None:
-        """The epoch's line: loss, test accuracy, best so far, time."""
+        """The epoch's line: loss, test accuracy (and validation accuracy), best so far, time."""
         self.top1 = top1
+        if val_top1 is None:
+            best = f"best {state.best_top1:.4f} (epoch {state.best_epoch})"
+        else:
+            best = f"val_top1 {val_top1:.4f} best val {state.best_val_top1:.4f} (epoch {state.best_val_epoch})"
         line = (
             f"seed {seed} epoch {epoch}/{epochs} loss {loss:.4g} top1 {top1:.4f} top5 {top5:.4f} "
-            f"best {state.best_top1:.4f} (epoch {state.best_epoch}) {seconds:.1f}s"
+            f"{best} {seconds:.1f}s"
         )
         if self.tty:
             self.stream.write("\r\x1b[2K")
@@ -809,17 +948,27 @@ class Progress:
     def final(self, summary: dict[str, Any]) -> None:
         """A table of the seeds and the mean ± population std line."""
         self._close_line()
+        validated = "best_val_top1_mean" in summary
         header = ("seed", "best_top1", "best_top5", "final_top1", "epochs", "wall_s")
-        lines = ["{:>6} {:>10} {:>10} {:>10} {:>6} {:>8}".format(*header)]
+        header += ("best_val", "test@val") if validated else ()
+        widths = {"seed": 6, "epochs": 6, "wall_s": 8}
+        lines = [" ".join(f"{h:>{widths.get(h, 10)}}" for h in header)]
         for s in summary["seeds"]:
-            lines.append(
+            line = (
                 f"{s['seed']:>6} {s['best_top1']:>10.4f} {s['best_top5']:>10.4f} {s['final_top1']:>10.4f} "
                 f"{s['epochs']:>6} {s['wall_s']:>8.1f}"
             )
+            if validated:
+                line += f" {s['best_val_top1']:>10.4f} {s['test_top1_at_best_val']:>10.4f}"
+            lines.append(line)
         n = len(summary["seeds"])
+        at_val = (
+            f", test top-1 at the best validation epoch {summary['test_top1_at_best_val_mean']:.4f} ± "
+            f"{summary['test_top1_at_best_val_std']:.4f}" if validated else ""
+        )
         lines.append(
             f"top-1 {summary['top1_mean']:.4f} ± {summary['top1_std']:.4f}, "
-            f"top-5 {summary['top5_mean']:.4f} ± {summary['top5_std']:.4f} "
+            f"top-5 {summary['top5_mean']:.4f} ± {summary['top5_std']:.4f}{at_val} "
             f"(mean ± population std over {n} seed{'s' if n != 1 else ''}); summary: "
             f"{Path(summary['run_dir']) / 'summary.json'}"
         )

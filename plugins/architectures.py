@@ -131,7 +131,7 @@ def _vgg(layout: str):
 def pccore_register_architecture():
     described = {"vgg5": 5, "vgg7": 7, "vgg10": 10, "vgg15": 15}
     return [
-        *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {n} blocks")
+        *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {n} blocks", label=name.upper())
           for name, n in described.items()),
-        Component("mlp", MLP, MLPParams, "fully connected blocks of the given hidden widths"),
+        Component("mlp", MLP, MLPParams, "fully connected blocks of the given hidden widths", label="MLP"),
     ]

@@ -454,8 +454,10 @@ def pccore_register_dataset():
                   "random images with learnable random labels, deterministic from a seed (offline)"),
         Component("digits", Digits, DigitsParams,
                   "scikit-learn's 8x8 handwritten digits, resized, stratified split (offline)"),
-        Component("cifar10", Cifar10, CifarParams, "CIFAR-10 via torchvision, 32x32, 10 classes"),
-        Component("cifar100", Cifar100, CifarParams, "CIFAR-100 via torchvision, 32x32, 100 classes"),
+        Component("cifar10", Cifar10, CifarParams, "CIFAR-10 via torchvision, 32x32, 10 classes", label="CIFAR-10"),
+        Component("cifar100", Cifar100, CifarParams, "CIFAR-100 via torchvision, 32x32, 100 classes",
+                  label="CIFAR-100"),
         Component("tinyimagenet", TinyImageNet, TinyImageNetParams,
-                  "Tiny ImageNet, 64x64, 200 classes, validation set as test set, decoded once and cached"),
+                  "Tiny ImageNet, 64x64, 200 classes, validation set as test set, decoded once and cached",
+                  label="Tiny ImageNet"),
     ]

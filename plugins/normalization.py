@@ -229,11 +229,13 @@ class FrozenBatchNorm(BatchNorm):
 @hookimpl
 def pccore_register_normalization():
     return [
-        Component("none", NoNormalization, NoParams, "no normalisation layers"),
+        Component("none", NoNormalization, NoParams, "no normalisation layers", label=""),
         Component("batchnorm", BatchNorm, BatchNormParams,
                   "ordinary BatchNorm: running statistics updated at every training-mode call "
-                  "(sync = true: global-batch statistics in data-parallel runs)"),
+                  "(sync = true: global-batch statistics in data-parallel runs)",
+                  label="BF"),  # the paper's "BF" columns train BP with ordinary BatchNorm
         Component("frozen", FrozenBatchNorm, BatchNormParams,
                   "BatchNorm Freezing (BF): running statistics updated once per batch, in the learning phase "
-                  "(sync = true: global-batch statistics in data-parallel runs)"),
+                  "(sync = true: global-batch statistics in data-parallel runs)",
+                  label="BF"),
     ]

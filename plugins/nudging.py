@@ -88,7 +88,7 @@ class Center:
 @hookimpl
 def pccore_register_nudging():
     return [
-        Component("clamp", Clamp, NoParams, "output node fixed to the one-hot target"),
+        Component("clamp", Clamp, NoParams, "output node fixed to the one-hot target", label=""),
         Component("nudge", Nudge, NudgeParams, "output node mu + beta (y - mu)"),
         Component("center", Center, CenterParams,
                   "center nudging: sign of beta drawn per batch or per epoch"),

@@ -97,9 +97,9 @@ class Decaying:
 @hookimpl
 def pccore_register_precision():
     return [
-        Component("constant", Constant, ConstantParams, "all weights 1 (standard predictive coding)"),
+        Component("constant", Constant, ConstantParams, "all weights 1 (standard predictive coding)", label=""),
         Component("spiking", Spiking, SpikingParams,
-                  "peak on the layer the error has just reached, base elsewhere (S)"),
+                  "peak on the layer the error has just reached, base elsewhere (S)", label="S"),
         Component("decaying", Decaying, DecayingParams,
-                  "exponential decay after the error reaches a layer (D); variant paper or reference"),
+                  "exponential decay after the error reaches a layer (D); variant paper or reference", label="D"),
     ]

@@ -66,7 +66,8 @@ class Backprop:
 @hookimpl
 def pccore_register_update():
     return [
-        Component("standard", StandardUpdate, NoParams, "standard PC: errors against f_l(x^{l-1}_T)"),
-        Component("forward", ForwardUpdate, NoParams, "forward update (F): errors against mu^l_0"),
-        Component("backprop", Backprop, NoParams, "backprop baseline (BP): no inference, output loss"),
+        Component("standard", StandardUpdate, NoParams, "standard PC: errors against f_l(x^{l-1}_T)", label=""),
+        Component("forward", ForwardUpdate, NoParams, "forward update (F): errors against mu^l_0", label="F"),
+        Component("backprop", Backprop, NoParams, "backprop baseline (BP): no inference, output loss",
+                  label="BP"),
     ]

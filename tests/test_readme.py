@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,11 @@ import pccore
 from pccore_plugins.normalization import FreezableBatchNorm1d, FrozenBatchNorm
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import ForwardUpdate
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -121,3 +127,26 @@ def test_the_expected_allreduce_traffic_is_that_of_the_models():
         assert f"{count / 1e6:.3g}" == millions
         assert f"{4 * count / 1e6:.1f}" == gradient_mb
         assert [f"{ring_allreduce_bytes(4 * count, n) / 1e6:.1f}" for n in (2, 4, 8)] == sent
+
+def test_the_study_example_passes_tune_check_and_searches_what_the_shipped_study_searches(tmp_path, capsys):
+    from pccore.cli import main
+
+    search = _section("Search and sweeps")
+    example = re.search(r"```toml\n(.*?)```", search, flags=re.DOTALL).group(1)
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    study = tmp_path / "example.toml"
+    study.write_text(example.replace('"../quickstart.toml"', f'"{recipes / "quickstart.toml"}"'))
+    assert main(["tune", str(study), "--check"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {study} (study quickstart_search): ")
+    shipped = tomllib.loads((recipes / "studies" / "quickstart.toml").read_text())
+    documented = tomllib.loads(example)
+    assert documented["space"] == shipped["space"]
+    assert {k: v for k, v in documented.items() if k not in ("set", "space")} == {
+        k: v for k, v in shipped.items() if k not in ("set", "space")}
+    assert documented["set"].items() <= shipped["set"].items()
+
+
+def test_the_search_section_shows_the_commands_for_two_machines():
+    search = _section("Search and sweeps")
+    assert search.count("--storage postgresql://") == 1 and search.count("--storage journal:") == 1
+    assert "pccore tune recipes/studies/quickstart.toml --workers 2" in search

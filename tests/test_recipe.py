@@ -188,6 +188,7 @@ DEFAULT_DICT = {
         "name": "digits",
         "batch_size": 128,
         "eval_batch_size": 1000,
+        "validation_fraction": 0.0,
         "download": False,
         "crop": {"padding": 0, "flip": False},
         "mean": [0.5],
@@ -504,7 +505,9 @@ def test_recipe_to_dict_fills_every_default_in_schema_order():
     result = recipe_to_dict(recipe_from_dict({}, registry=FAKE))
     assert result == DEFAULT_DICT
     assert list(result) == list(DEFAULT_DICT)
-    assert list(result["data"]) == ["name", "batch_size", "eval_batch_size", "download", "crop", "mean"]
+    assert list(result["data"]) == [
+        "name", "batch_size", "eval_batch_size", "validation_fraction", "download", "crop", "mean"
+    ]
 
 
 def test_recipe_to_toml_writes_the_expected_text():
@@ -523,7 +526,8 @@ def test_recipe_to_toml_writes_the_expected_text():
     ) in text
     assert '[precision]\nname = "spiking"\npeak = 1e-05\nbase = 2.5e-07\nlearning = "ones"\n' in text
     assert (
-        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nroot = "tab\there"\n'
+        '[data]\nname = "digits"\nbatch_size = 128\neval_batch_size = 1000\nvalidation_fraction = 0.0\n'
+        'root = "tab\there"\n'
         "download = false\nmean = [\n    0.5,\n]\n\n[data.crop]\npadding = 2\nflip = false\n\n[model]\n"
     ) in text
     assert "\nlr = 1e+16\n" in text
@@ -658,7 +662,8 @@ def test_table_path_and_enum_params():
     assert recipe.update.params.mode is Mode.SLOW
     as_dict = recipe_to_dict(recipe)
     assert as_dict["data"] == {
-        "name": "noise", "batch_size": 128, "eval_batch_size": 1000, "size": 8, "classes": 2,
+        "name": "noise", "batch_size": 128, "eval_batch_size": 1000, "validation_fraction": 0.0, "size": 8,
+        "classes": 2,
         "weights": {"a": 1.0, "b c": 0.5}, "cache": "some/where",
     }
     assert as_dict["update"] == {"name": "forward", "mode": "slow"}
@@ -684,6 +689,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
         "data/name": "digits",
         "data/batch_size": 128,
         "data/eval_batch_size": 1000,
+        "data/validation_fraction": 0.0,
         "data/root": "/d",
         "data/download": False,
         "data/crop/padding": 0,

@@ -46,6 +46,9 @@ PAPER = sorted(
 QUICKSTARTS = ["quickstart", "quickstart_bp", "quickstart_pc"]
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
+STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
+"""Study files for `pccore tune` (not recipes)."""
+RECIPE_FILES = [p for p in EVERY_FILE if p not in STUDIES]
 
 
 def _path(name: str) -> Path:
@@ -88,14 +91,20 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
 # --- validity and documentation ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", EVERY_FILE, ids=_names(EVERY_FILE))
+@pytest.mark.parametrize("path", RECIPE_FILES, ids=_names(RECIPE_FILES))
 def test_every_recipe_file_passes_recipe_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["recipe", "check", str(path)]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"OK {path} ({path.stem}): ")
 
 
-_ASSIGNMENT = re.compile(r"\s*[A-Za-z_][A-Za-z0-9_]*\s*=")
+@pytest.mark.parametrize("path", STUDIES, ids=_names(STUDIES))
+def test_every_study_file_passes_tune_check(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["tune", str(path), "--check"]) == 0
+    assert capsys.readouterr().out.startswith(f"OK {path} (study ")
+
+
+_ASSIGNMENT = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*|"[^"]*")\s*=')
 
 
 @pytest.mark.parametrize("path", EVERY_FILE, ids=_names(EVERY_FILE))
@@ -121,6 +130,10 @@ def test_the_comment_rule_catches_an_undocumented_value(tmp_path: Path) -> None:
     bad.write_text("[train]\n# reasoned: short\nepochs = 3\npatience = 2  # just because\n")
     with pytest.raises(AssertionError, match=r"line 4: patience = 2"):
         test_every_value_says_whether_it_is_published_or_reasoned(bad)
+    study = tmp_path / "study.toml"  # a study file's quoted keys too
+    study.write_text('trials = 3  # reasoned: few\n[set]\n"train.epochs" = 3  # short\n')
+    with pytest.raises(AssertionError, match=r'line 3: "train.epochs" = 3'):
+        test_every_value_says_whether_it_is_published_or_reasoned(study)
 
 
 # --- the values METHOD.md gives ---------------------------------------------------------------------

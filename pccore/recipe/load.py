@@ -147,19 +147,19 @@ def parse_override_value(text: str, label: str) -> Any:
     return parsed["v"]
 
 
-def _parse_overrides(overrides: Sequence[str]) -> list[tuple[str, str, Any, str]]:
-    """`section.key=value` strings -> (section, key, value, argument) tuples."""
+def _parse_overrides(overrides: Sequence[str], label: str) -> list[tuple[str, str, Any, str]]:
+    """`section.key=value` strings -> (section, key, value, where) tuples; `where` is the override as
+    messages name it: `label` and the argument (`--set inference.lr=x`)."""
     parsed = []
     for argument in overrides:
+        where = f"{label} {_shown(argument)}"
         key, sep, text = argument.partition("=")
         section, dot, field = key.strip().partition(".")
         if not sep or not dot or not section or not field or "." in field:
-            raise RecipeError(
-                f"--set {_shown(argument)}: expected SECTION.KEY=VALUE, e.g. --set inference.steps=14"
-            )
+            raise RecipeError(f"{where}: expected SECTION.KEY=VALUE, e.g. --set inference.steps=14")
         if section not in SECTION_CLASSES:
-            raise RecipeError(f"--set {_shown(argument)}: {unknown(f'section {section!r}', section, SECTIONS)}")
-        parsed.append((section, field, parse_override_value(text, f"--set {_shown(argument)}"), argument))
+            raise RecipeError(f"{where}: {unknown(f'section {section!r}', section, SECTIONS)}")
+        parsed.append((section, field, parse_override_value(text, where), where))
     return parsed
 
 
@@ -180,7 +180,7 @@ def _check_keys(
 ) -> None:
     """Allow only keys the schema or the chosen component (after a `name` override in the same command)
     has."""
-    for section, field, _value, argument in parsed:
+    for section, field, _value, shown in parsed:
         valid = core_keys(section)
         name = _chosen_name(section, data, table[section]) if section in COMPONENT_KINDS else None
         if section in COMPONENT_KINDS and field not in valid:
@@ -194,9 +194,7 @@ def _check_keys(
             valid = [*valid, *param_names(component)]
         if field not in valid:
             owner = f" ({COMPONENT_KINDS[section]} \"{name}\")" if section in COMPONENT_KINDS else ""
-            raise RecipeError(
-                f"--set {_shown(argument)}: {unknown(f'key {section}.{field}{owner}', field, valid)}"
-            )
+            raise RecipeError(f"{shown}: {unknown(f'key {section}.{field}{owner}', field, valid)}")
 
 
 def _kept_params(
@@ -223,15 +221,15 @@ def _kept_params(
 
 
 def _apply_overrides(
-    data: dict[str, Any], origins: Origins, overrides: Sequence[str], registry: ComponentRegistry
+    data: dict[str, Any], origins: Origins, overrides: Sequence[str], registry: ComponentRegistry, label: str
 ) -> tuple[dict[str, Any], Origins]:
     """Apply `--set` overrides over the merged recipe."""
-    parsed = _parse_overrides(overrides)
+    parsed = _parse_overrides(overrides, label)
     table: dict[str, dict[str, Any]] = {}
     where: Origins = {}
-    for section, field, value, argument in parsed:
+    for section, field, value, shown in parsed:
         table.setdefault(section, {})[field] = value
-        where[(section, field)] = f"--set {_shown(argument)}"
+        where[(section, field)] = shown
     _check_keys(parsed, data, origins, table, where, registry)
     out = dict(data)
     for section, values in table.items():
@@ -249,16 +247,18 @@ def load_recipe(
     path: str | os.PathLike[str],
     overrides: Sequence[str] = (),
     registry: ComponentRegistry | None = None,
+    overrides_label: str = "--set",
 ) -> Recipe:
     """Read a TOML recipe, resolve its `extends` chain, apply `--set` overrides and check it all.
 
     `--set SECTION.name=OTHER` keeps the section's parameters that OTHER also accepts and drops the rest
     (saying which on stderr); a file that extends another and names a different component drops all of
-    the base's parameters for that section.
+    the base's parameters for that section. Messages name an override as `overrides_label` followed by
+    the override (`--set inference.lr=x`; a study file names its own tables).
     """
     source = Path(path)
     registry = default_registry() if registry is None else registry
     data, origins = _load_chain(source, str(source), [])
     if overrides:
-        data, origins = _apply_overrides(data, origins, overrides, registry)
+        data, origins = _apply_overrides(data, origins, overrides, registry, overrides_label)
     return build_recipe(data, source, registry, origins)

@@ -80,10 +80,18 @@ class ComponentSection:
 
 @attrs.frozen
 class DataSection(ComponentSection):
-    """The dataset component plus the batch sizes the core uses to iterate it."""
+    """The dataset component plus the batch sizes the core uses to iterate it and the validation split
+    (`pccore.splits`): `validation_fraction` of each class's training images held out, chosen with
+    `validation_seed` (unset: the dataset's own `split_seed` parameter, or 0)."""
 
     batch_size: int = attrs.field(default=128, validator=expect(lambda v: v >= 1, "an integer >= 1"))
     eval_batch_size: int = attrs.field(default=1000, validator=expect(lambda v: v >= 1, "an integer >= 1"))
+    validation_fraction: float = attrs.field(
+        default=0.0, validator=expect(lambda v: 0 <= v < 1, "a number in [0, 1) (0: no validation split)")
+    )
+    validation_seed: int | None = attrs.field(
+        default=None, validator=expect(lambda v: v is None or v >= 0, "an integer >= 0")
+    )
 
 
 @attrs.frozen
