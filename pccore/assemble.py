@@ -124,16 +124,20 @@ def _check_model(recipe, build: Callable[[], list[nn.Module]], device: torch.dev
     return blocks
 
 
-def _check_training_batches(recipe, blocks: list[nn.Module], norm: Any, spec: DataSpec, train_size: int) -> None:
+def _check_training_batches(
+    recipe, blocks: list[nn.Module], norm: Any, spec: DataSpec, train_size: int, shards: int = 1
+) -> None:
     """Pass each size of batch a training epoch yields through the meta blocks in training mode, so that a
     batch the model cannot train on (BatchNorm with one value per channel, say) is refused before the run
-    starts rather than at the end of its first epoch. Blocks that cannot run on the meta device are not
-    checked."""
+    starts rather than at the end of its first epoch. With `shards` data-parallel processes, the size is
+    that of the smallest share of each batch. Blocks that cannot run on the meta device are not checked."""
     batch = recipe.data.batch_size
     batches = math.ceil(train_size / batch)
-    sizes = {min(batch, train_size)}
+    sizes = {min(batch, train_size) // shards}
     if recipe.train.max_batches == 0 or recipe.train.max_batches >= batches:
-        sizes.add(train_size - (batches - 1) * batch)
+        sizes.add((train_size - (batches - 1) * batch) // shards)
+    first = min(batch, train_size) // shards
+    per_process = f" per process ({shards} processes share each batch)" if shards > 1 else ""
     model = nn.ModuleList(blocks).train()
     norm.set_phase(model, "forward")
     for size in sorted(sizes):
@@ -143,28 +147,29 @@ def _check_training_batches(recipe, blocks: list[nn.Module], norm: Any, spec: Da
                 x = block(x)
         except ValueError as err:
             problem = f"{type(err).__name__}: {' '.join(str(err).split())}"
-            if size == min(batch, train_size):
+            if size == first:
                 raise UsageError(
-                    f"model '{recipe.model.name}' cannot train on a batch of {size} ({problem}); raise "
-                    "data.batch_size"
+                    f"model '{recipe.model.name}' cannot train on a batch of {size}{per_process} ({problem}); "
+                    "raise data.batch_size"
                 ) from None
             raise UsageError(
-                f"model '{recipe.model.name}' cannot train on the last batch of each epoch, which holds {size} "
-                f"of the {train_size} training images with data.batch_size = {batch} ({problem}); choose a "
-                f"data.batch_size that does not leave {size} over"
+                f"model '{recipe.model.name}' cannot train on the last batch of each epoch, which holds "
+                f"{size}{per_process} of the {train_size} training images with data.batch_size = {batch} "
+                f"({problem}); choose a data.batch_size that does not leave {size if shards == 1 else 'so few'} over"
             ) from None
         except Exception:  # an operation without a meta implementation: such blocks are not checked
             return
 
 
 def preflight(
-    recipe, spec: DataSpec, device: torch.device, registry=None, train_size: int | None = None
+    recipe, spec: DataSpec, device: torch.device, registry=None, train_size: int | None = None, shards: int = 1
 ) -> int | None:
     """Build every component of `recipe` (so that a plugin that fails to build fails here) and refuse,
     before anything is allocated, a model or precision table too large for torch or for the memory of
     `device` (UsageError naming the limit), and, given the number of training images, a training batch
-    the model cannot take. Returns the number of blocks, or None when the architecture cannot be built on
-    the meta device (it is then checked when it is built)."""
+    the model cannot take (each process's share of it with `shards` data-parallel processes). Returns the
+    number of blocks, or None when the architecture cannot be built on the meta device (it is then checked
+    when it is built)."""
     if registry is None:
         from pccore.plugins import get_registry
 
@@ -175,7 +180,7 @@ def preflight(
     if blocks is None:
         return None
     if train_size:
-        _check_training_batches(recipe, blocks, built["normalization"], spec, train_size)
+        _check_training_batches(recipe, blocks, built["normalization"], spec, train_size, shards)
     return len(blocks)
 
 

@@ -8,6 +8,11 @@ in the machine's speed hit both alike. Each step is `engine.train_step` plus an 
 Peak memory: on CUDA `torch.cuda.max_memory_allocated` around each timed step, less the tensors the other
 model keeps between steps; on the CPU the peak resident set of a separate process per algorithm
 (`python -m pccore.bench --worker pc|bp ...`), so one model's footprint does not hide the other's.
+
+Under torchrun (`torchrun --nproc-per-node N -m pccore bench RECIPE`) every rank steps its shard of the
+batch, `data.batch_size` being the global batch, and sums the weight gradients across ranks as training
+does; the report (printed by rank 0, with rank 0's times) adds the time of that all-reduce and its share of
+the step, and the bytes it moves. CPU memory is not measured there.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from typing import Any
 import attrs
 import torch
 
+from pccore import distributed
 from pccore.assemble import Assembly, assemble, resolve_device
 from pccore.components import DataSpec
 from pccore.diagnose import first_batch
@@ -72,19 +78,32 @@ def backprop_recipe(recipe: Any, registry: Any) -> Any:
 @attrs.define(eq=False)
 class Trainer:
     """An assembled engine and its AdamW optimizer; `step` is one training step (replayed as a CUDA graph
-    when `captured` holds a CapturedStep)."""
+    when `captured` holds a CapturedStep). In a data-parallel run `replicas` sums the gradients across
+    ranks, `batch_size` is the global batch, and `reduce_seconds` collects the time each step spent in that
+    sum."""
 
     name: str
     assembly: Assembly
     optimizer: torch.optim.Optimizer
     captured: CapturedStep | None = None
+    replicas: distributed.ReplicaSync | None = None
+    batch_size: int | None = None
+    reduce_seconds: list[float] = attrs.Factory(list)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Inference and weight gradients, then the optimizer step."""
-        if self.captured is not None:
+        """Inference and weight gradients (summed across ranks in a data-parallel run), then the optimizer
+        step."""
+        if self.captured is not None:  # never data-parallel: check_cuda_graphs refuses that
             self.captured(x, y)
             return
-        self.assembly.engine.train_step(x, y)
+        self.assembly.engine.train_step(x, y, self.batch_size)
+        if self.replicas is not None:
+            device = x.device
+            _synchronize(device)
+            start = time.perf_counter()
+            self.replicas.sum_gradients()
+            _synchronize(device)
+            self.reduce_seconds.append(time.perf_counter() - start)
         self.optimizer.step()
 
     def resident_bytes(self, device_type: str = "cuda") -> int:
@@ -104,21 +123,31 @@ class Trainer:
         return sum(storages.values())
 
 
-def build_trainer(name: str, recipe: Any, spec: DataSpec, device: torch.device, registry: Any) -> Trainer:
-    """Assemble `recipe` (seeded with its first seed) and an AdamW optimizer over its trainable weights."""
-    check_cuda_graphs(recipe, device)
+def build_trainer(
+    name: str, recipe: Any, spec: DataSpec, device: torch.device, registry: Any, world: distributed.World | None = None
+) -> Trainer:
+    """Assemble `recipe` (seeded with its first seed) and an AdamW optimizer over its trainable weights; in a
+    data-parallel `world`, with the gradient sum across its ranks over a global batch of data.batch_size."""
+    check_cuda_graphs(recipe, device, world.size if world is not None else 1)
     torch.manual_seed(recipe.run.seeds[0])
     assembly = assemble(recipe, spec, device, registry)
     params = [p for p in assembly.blocks.parameters() if p.requires_grad]
     graphs = bool(recipe.run.cuda_graphs)
     optimizer = make_optimizer(params, recipe.optimizer, for_graphs=graphs)
-    return Trainer(name, assembly, optimizer, CapturedStep(assembly.engine, optimizer) if graphs else None)
+    trainer = Trainer(name, assembly, optimizer, CapturedStep(assembly.engine, optimizer) if graphs else None)
+    if world is not None and world.distributed:
+        world.broadcast_module(assembly.blocks)
+        trainer.replicas = distributed.ReplicaSync(world, assembly.blocks, assembly.components["normalization"])
+        trainer.batch_size = recipe.data.batch_size
+    return trainer
 
 
-def build_pair(recipe: Any, spec: DataSpec, device: torch.device, registry: Any) -> tuple[Trainer, Trainer]:
+def build_pair(
+    recipe: Any, spec: DataSpec, device: torch.device, registry: Any, world: distributed.World | None = None
+) -> tuple[Trainer, Trainer]:
     """The recipe's trainer and its backprop copy, the copy starting from the same weights and buffers."""
-    pc = build_trainer("pc", recipe, spec, device, registry)
-    bp = build_trainer("bp", backprop_recipe(recipe, registry), spec, device, registry)
+    pc = build_trainer("pc", recipe, spec, device, registry, world)
+    bp = build_trainer("bp", backprop_recipe(recipe, registry), spec, device, registry, world)
     bp.assembly.blocks.load_state_dict(pc.assembly.blocks.state_dict())
     return pc, bp
 
@@ -142,15 +171,22 @@ def variant_recipes(path: str, overrides: Sequence[str], variants: Sequence[str]
 
 @attrs.define
 class Timing:
-    """Seconds of every timed step, and the peak CUDA memory in MB (None off CUDA)."""
+    """Seconds of every timed step, and the peak CUDA memory in MB (None off CUDA); in a data-parallel run
+    the seconds of each timed step's gradient all-reduce."""
 
     seconds: list[float] = attrs.field(factory=list)
     peak_mb: float | None = None
+    reduce_seconds: list[float] = attrs.field(factory=list)
 
     @property
     def median(self) -> float:
         """The median step time: robust to the odd step slowed by the rest of the machine."""
         return statistics.median(self.seconds)
+
+    @property
+    def reduce_median(self) -> float | None:
+        """The median all-reduce time, or None outside a data-parallel run."""
+        return statistics.median(self.reduce_seconds) if self.reduce_seconds else None
 
 
 def time_interleaved(
@@ -300,26 +336,34 @@ def check_counts(steps: int, warmup: int) -> None:
 
 def run_bench(
     recipe: Any, registry: Any, device: torch.device, *, steps: int, warmup: int, label: str = "",
-    cpu_memory: bool = True, variants: Sequence[tuple[str, Any]] = (),
+    cpu_memory: bool = True, variants: Sequence[tuple[str, Any]] = (), world: distributed.World | None = None,
 ) -> dict[str, Any]:
     """Time `recipe` against its backprop copy and measure both peaks; the report `pccore bench --json`
     prints. `cpu_memory=False` skips the CPU memory workers (the peaks are then None off CUDA). Each of
-    `variants` ((label, recipe) pairs) is timed in the same rounds, from the same weights."""
+    `variants` ((label, recipe) pairs) is timed in the same rounds, from the same weights. In a
+    data-parallel `world`, each rank steps its shard of the batch and the report adds the all-reduce."""
     check_counts(steps, warmup)
+    world = world or distributed.current()
     spec, x, y = first_batch(recipe, registry, device, smoke=True)
-    pc, bp = build_pair(recipe, spec, device, registry)
+    lo, hi = world.shard(0, int(x.shape[0]))
+    x, y = x[lo:hi], y[lo:hi]
+    pc, bp = build_pair(recipe, spec, device, registry, world)
     others = []
     for index, (_, variant) in enumerate(variants):
-        trainer = build_trainer(f"variant{index}", variant, spec, device, registry)
+        trainer = build_trainer(f"variant{index}", variant, spec, device, registry, world)
         trainer.assembly.blocks.load_state_dict(pc.assembly.blocks.state_dict())
         others.append(trainer)
+    gradient_bytes = {t.name: sum(p.numel() * p.element_size() for p in t.assembly.blocks.parameters()
+                                  if p.requires_grad) for t in (pc, bp)}
     timings = time_interleaved([pc, *others, bp], x, y, steps, warmup, device)
+    for trainer in (pc, bp):  # the all-reduces of the timed steps, the last `steps` ones
+        timings[trainer.name].reduce_seconds = trainer.reduce_seconds[len(trainer.reduce_seconds) - steps:]
     layers = pc.assembly.engine.L
     del pc, bp, others
     if device.type == "cuda":
         memory = "torch.cuda.max_memory_allocated per step, less the other models' resident tensors"
         peaks = {name: t.peak_mb for name, t in timings.items()}
-    elif cpu_memory:
+    elif cpu_memory and not world.distributed:
         memory = "peak RSS growth of a separate process per algorithm"
         peaks = {"pc": measure_rss(recipe, "pc"), "bp": measure_rss(recipe, "bp")}
         peaks |= {f"variant{i}": measure_rss(v, "pc") for i, (_, v) in enumerate(variants)}
@@ -362,7 +406,30 @@ def run_bench(
         "pc_samples_s": timings["pc"].seconds,
         "bp_samples_s": timings["bp"].seconds,
         "variants": rows,
+        "world_size": world.size,
+        **_allreduce_fields(timings, gradient_bytes, world),
     }
+
+
+def _allreduce_fields(timings: dict[str, Timing], gradient_bytes: dict[str, int], world: distributed.World
+                      ) -> dict[str, Any]:
+    """The gradient all-reduce of a data-parallel run: bytes summed per step, bytes each rank sends in a
+    ring all-reduce, median seconds and share of the step per algorithm (None outside such a run)."""
+    fields: dict[str, Any] = {
+        "gradient_mb": gradient_bytes["pc"] / _MB,
+        "ring_mb_per_rank": distributed.ring_allreduce_bytes(gradient_bytes["pc"], world.size) / _MB,
+    }
+    for name in ALGORITHMS:
+        reduce_s = timings[name].reduce_median
+        fields[f"{name}_allreduce_s"] = reduce_s
+        fields[f"{name}_allreduce_share"] = None if reduce_s is None else reduce_s / timings[name].median
+    return fields
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (CUDA); nothing elsewhere."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _device_name(device: torch.device) -> str:
@@ -389,7 +456,8 @@ def format_report(report: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(3)]
     lines = [
         f"{report['recipe']}: {report['model']} ({report['layers']} layers), T={report['steps']}, "
-        f"normalization {report['normalization']}, batch {report['batch_size']} of {shape}",
+        f"normalization {report['normalization']}, batch {report['batch_size']} of {shape}"
+        + (f" over {report['world_size']} processes" if report.get("world_size", 1) > 1 else ""),
         f"{report['device']} ({report['device_name']}), torch {report['torch']}, "
         f"{report['threads']} threads; "
         f"median of {report['timed_steps']} interleaved steps after {report['warmup']} warm-up",
@@ -398,6 +466,15 @@ def format_report(report: dict[str, Any]) -> str:
     ]
     for row in [head, *rows]:
         lines.append(f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:>{widths[2]}}".rstrip())
+    if report.get("pc_allreduce_s") is not None:
+        lines.append("")
+        lines.append(
+            f"gradient all-reduce over {report['world_size']} process{'es' if report['world_size'] != 1 else ''}: "
+            f"{report['gradient_mb']:.1f} MB of "
+            f"gradients per step, {report['ring_mb_per_rank']:.1f} MB sent by each rank in a ring; "
+            f"pc {report['pc_allreduce_s']:.4f} s ({100 * report['pc_allreduce_share']:.1f}% of its step), "
+            f"backprop {report['bp_allreduce_s']:.4f} s ({100 * report['bp_allreduce_share']:.1f}%); rank 0's times"
+        )
     return "\n".join(lines)
 
 
@@ -418,10 +495,13 @@ def bench_command(args: argparse.Namespace) -> int:
     registry = get_registry()
     recipe = load_recipe(args.recipe, args.overrides, registry)
     variants = variant_recipes(args.recipe, args.overrides, getattr(args, "variants", []), registry)
-    device = resolve_device(args.device or recipe.run.device)
-    report = run_bench(recipe, registry, device, steps=args.steps, warmup=args.warmup, label=args.recipe,
-                       variants=variants)
-    print(json.dumps(report) if args.json else format_report(report))
+    with distributed.session() as world:
+        device = world.place(resolve_device(args.device or recipe.run.device))
+        world.check_batches(recipe.data.batch_size, recipe.data.batch_size, 0)
+        report = run_bench(recipe, registry, device, steps=args.steps, warmup=args.warmup, label=args.recipe,
+                           variants=variants, world=world)
+    if world.is_zero:
+        print(json.dumps(report) if args.json else format_report(report))
     return 0
 
 

@@ -17,6 +17,7 @@ EPILOG = """\
 examples:
   pccore run recipes/quickstart.toml
   pccore run recipes/vgg10_cifar10_sf_bf.toml --set inference.steps=14 --device cuda
+  pccore run recipes/vgg5_cifar10_sf.toml --nproc 2    (data-parallel on 2 GPUs of this machine)
   pccore recipe show recipes/quickstart.toml
   pccore schedule recipes/vgg5_cifar10_sf.toml --json
   pccore diagnose recipes/quickstart.toml --smoke --plot diagnosis.png
@@ -76,7 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
         "  pccore run recipes/quickstart.toml\n"
         "  pccore run recipes/vgg5_cifar10_sf.toml --set run.seeds=[0] --device cuda --out runs/try1\n"
         "  pccore run recipes/vgg15_tinyimagenet_sf_bf.toml --smoke\n"
-        "  pccore run --resume runs/quickstart/version_0\n",
+        "  pccore run --resume runs/quickstart/version_0\n"
+        "  pccore run recipes/quickstart.toml --nproc 2          (data-parallel, 2 processes on this machine)\n"
+        "  torchrun --nproc-per-node 4 -m pccore run recipes/vgg5_cifar10_sf.toml   (the same through torchrun)\n"
+        "\nIn data-parallel runs each process waits at most PCCORE_DIST_TIMEOUT seconds (default 1800) for the\n"
+        "others; under torchrun --max-restarts, give --out.\n",
     )
     run.add_argument("recipe", nargs="?", help="path to a TOML recipe (omit with --resume)")
     run.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -86,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--smoke", action="store_true",
                      help="a few batches of random data shaped like the recipe's dataset, reduced width")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its checkpoints")
+    run.add_argument("--nproc", type=int, metavar="N",
+                     help="train data-parallel in N processes on this machine (one per GPU), started through "
+                          "torch's launcher as torchrun would; data.batch_size stays the global batch")
 
     recipe = _sub(subs, "recipe", "validate or print a recipe",
                   "  pccore recipe check recipes/quickstart.toml\n"
@@ -279,7 +287,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _dispatch(args, parser)
     except KeyboardInterrupt as err:
         terminated = isinstance(err, _Terminated)
-        print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        if not _reported_elsewhere(err):
+            print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (e.g. `pccore plugins --json | head`): stop quietly, as other tools do.
@@ -292,10 +301,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
         except Exception:  # an exception whose own message cannot be rendered: still one line, no traceback
             message, status = f"pccore: error: {type(err).__name__} (its message could not be shown)", 1
-        print(message, file=sys.stderr)
+        if not _reported_elsewhere(err):
+            print(_with_rank(message), file=sys.stderr)
         return status
     finally:
         restore_sigterm()
+
+
+def _reported_elsewhere(err: BaseException) -> bool:
+    """Whether rank 0 of a data-parallel run reports `err` for this process (see pccore.distributed)."""
+    if "RANK" not in os.environ:
+        return False
+    from pccore.distributed import quiet_here
+
+    return quiet_here(err)
+
+
+def _with_rank(message: str) -> str:
+    """`message` with the rank of a process started by torchrun: "pccore (rank 3): error: ..."."""
+    if "RANK" not in os.environ:
+        return message
+    from pccore.distributed import rank_label
+
+    label = rank_label()
+    return message.replace("pccore:", f"pccore{label}:", 1) if label and message.startswith("pccore:") else message
 
 
 class _Terminated(KeyboardInterrupt):

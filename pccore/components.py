@@ -79,7 +79,7 @@ class PrecisionSchedule(Protocol):
 class NormalizationPolicy(Protocol):
     """How the normalisation layers of the blocks behave in each pass.
 
-    Two optional members (see OPTIONAL_MEMBERS):
+    Three optional members (see OPTIONAL_MEMBERS):
 
     - `pure_inference = True`: during inference a block's output then depends on its input alone (no
       statistics are updated), so the engine reuses f_1(x^0) = mu^1_0 instead of recomputing it.
@@ -88,6 +88,10 @@ class NormalizationPolicy(Protocol):
       `layer` (blocks written by hand hold plain `nn.BatchNorm2d`s). It adapts them in place, keeping the
       module objects and their parameters (an optimizer made beforehand stays valid), or raises
       ValueError when the blocks hold layers the policy cannot control.
+    - `shared_buffers(model: nn.Module) -> list[Tensor]`: in a data-parallel run, the buffers the policy's
+      layers update from each process's own share of the batch (running statistics), which the core
+      averages across processes after every training step so that every process holds the same model.
+      Return [] (or omit the member) when no such state exists or the policy keeps it equal itself.
     """
 
     def layer(self, num_features: int, spatial_dims: int) -> nn.Module | None:
@@ -111,6 +115,8 @@ class LearningBatch:
     `initial[l]` is mu^l_0 from the initial forward pass (initial[0] is the input); it carries the
     graph the rule asked for with `initial_graph`. A multi-part layer's state and prediction are tuples;
     `layer_energy(l, x, mu)` takes either form and weights the parts as the layer's block declares.
+    `batch_size` is the number of samples the loss averages over: the batch's own size, or in data-parallel
+    training the global batch that `states` is one rank's share of (divide by it, not by len(states[0])).
     """
 
     blocks: Sequence[nn.Module]
@@ -244,7 +250,7 @@ class Dataset(Protocol):
 OPTIONAL_MEMBERS: dict[str, tuple[str, ...]] = {
     "precision": (),
     "update": (),
-    "normalization": ("pure_inference", "prepare"),
+    "normalization": ("pure_inference", "prepare", "shared_buffers"),
     "nudging": ("begin_batch",),
     "architecture": (),
     "dataset": (),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from pccore.components import Augmentation, DataSpec, ImageData
+from pccore.distributed import shard_bounds
 from pccore.errors import PluginError, UsageError
 
 DEVICE_FRACTION = 0.25
@@ -52,17 +53,23 @@ class BatchFeeder:
     Images come out as `dtype`, scaled to [0, 1] when stored as uint8, normalised with the dataset's
     per-channel mean and std; labels as int64. Training epochs are shuffled and augmented, test epochs
     are in order and untouched. The last partial batch is kept; `max_batches > 0` cuts epochs short.
+
+    `shard = (rank, world_size)` serves rank `rank`'s part of every batch (data-parallel training): the
+    batches, their order and their augmentation stay those of one process, and the parts of ranks
+    0..world_size-1, in that order, make up each batch (`shard_bounds`). `batch_size` stays the global batch.
     """
 
     def __init__(self, data: ImageData, *, train: bool, batch_size: int, device: torch.device,
                  dtype: torch.dtype = torch.float32, channels_last: bool = False,
-                 max_batches: int = 0):
+                 max_batches: int = 0, shard: tuple[int, int] = (0, 1)):
         if batch_size < 1:
             raise UsageError(f"the batch size must be at least 1, got {batch_size}")
         if max_batches < 0:
             raise UsageError(f"max_batches must be 0 (no limit) or positive, got {max_batches}")
         if not dtype.is_floating_point:
             raise UsageError(f"the batch dtype must be a floating-point type, got {dtype}")
+        if not 0 <= shard[0] < shard[1]:
+            raise UsageError(f"shard = (rank, world_size) needs 0 <= rank < world_size, got {shard}")
         images, labels = (data.train_images, data.train_labels) if train else \
             (data.test_images, data.test_labels)
         _check_split(data, images, labels, "train" if train else "test")
@@ -72,6 +79,7 @@ class BatchFeeder:
         self.dtype = dtype
         self.channels_last = channels_last
         self.max_batches = max_batches
+        self.shard = shard
         self.size = int(images.shape[0])
         self.augmentation = data.augmentation if train else Augmentation()
         channels, height, width = images.shape[1:]
@@ -104,6 +112,10 @@ class BatchFeeder:
         batches = math.ceil(self.size / self.batch_size)
         return min(batches, self.max_batches) if self.max_batches > 0 else batches
 
+    def global_size(self, index: int) -> int:
+        """Samples in batch `index` (0-based) of an epoch, all ranks' parts together."""
+        return min(self.batch_size, self.size - index * self.batch_size)
+
     def plan(self, seed: int, epoch: int) -> EpochPlan:
         """The order and augmentation draws of one epoch: random for training, identity for testing."""
         if not self.train:
@@ -132,7 +144,7 @@ class BatchFeeder:
             windows = _windows(height, width, *(None if t is None else self._upload(t)
                                                 for t in (plan.crop_y, plan.crop_x, plan.flip)))
         for b in range(len(self)):
-            batch = slice(b * self.batch_size, min((b + 1) * self.batch_size, self.size))
+            batch = slice(*shard_bounds(b * self.batch_size, min((b + 1) * self.batch_size, self.size), *self.shard))
             if self.on_device and windows is not None:
                 raw = _gather(self.images, order[batch], self._planes, *(w[batch] for w in windows))
             elif self.on_device:

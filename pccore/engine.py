@@ -101,7 +101,8 @@ class StepPlan(NamedTuple):
 
 class StepOutput(NamedTuple):
     """Detached results of one step: the weight loss, and per-layer energies ([L], summed over the batch
-    and divided by its size) of the last inference step (of the output loss alone without inference)."""
+    and divided by the batch size the step averages over) of the last inference step (of the output loss
+    alone without inference)."""
 
     loss: torch.Tensor
     energy: torch.Tensor
@@ -491,8 +492,10 @@ class PCEngine:
 
     # --- training ------------------------------------------------------------------------------
 
-    def learning_loss(self, trace: InferenceTrace) -> torch.Tensor:
-        """The update rule's loss (scaled by the nudging factor) for a finished inference trace."""
+    def learning_loss(self, trace: InferenceTrace, batch_size: int | None = None) -> torch.Tensor:
+        """The update rule's loss (scaled by the nudging factor) for a finished inference trace, averaged
+        over `batch_size` samples (default: the trace's own; data-parallel training gives the global batch,
+        so that each rank's loss is its share of the global mean)."""
         if self.update.initial_graph == "none":
             self.norm.set_phase(self.model, "learning")
         states = [_map(torch.Tensor.detach, s) for s in trace.states]
@@ -503,7 +506,7 @@ class PCEngine:
             precision=self._pi_learn,
             target=trace.target,
             layer_energy=self.layer_energy,
-            batch_size=states[0].shape[0],
+            batch_size=states[0].shape[0] if batch_size is None else batch_size,
         )
         with self._autocast():
             loss = self.update.loss(batch)
@@ -517,18 +520,23 @@ class PCEngine:
         if begin is not None:
             begin()
 
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor) -> StepOutput:
-        """One batch: inference, then the weight gradients into `.grad` (the caller steps the optimizer)."""
-        self.prepare_batch()
-        return self.device_step(x0, y)
+    def train_step(self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> StepOutput:
+        """One batch: inference, then the weight gradients into `.grad` (the caller steps the optimizer).
 
-    def device_step(self, x0: torch.Tensor, y: torch.Tensor) -> StepOutput:
+        `batch_size` is the number of samples the loss and the energies are averaged over: by default the
+        batch's own; in data-parallel training the global batch this shard is part of, so that the ranks'
+        losses, energies and gradients add up to those of the whole batch."""
+        self.prepare_batch()
+        return self.device_step(x0, y, batch_size)
+
+    def device_step(self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> StepOutput:
         """`train_step` without `prepare_batch`: only device work, no host synchronisation, so it can be
         captured as a CUDA graph."""
         if not self.model.training:
             self.model.train()
+        total = x0.shape[0] if batch_size is None else batch_size
         trace = self.infer(x0, y)
-        loss = self.learning_loss(trace)
+        loss = self.learning_loss(trace, total)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for p in trainable:
             p.grad = None
@@ -539,7 +547,7 @@ class PCEngine:
         else:
             energy = torch.zeros(self.L, device=self.device, dtype=self.dtype)
             energy[-1] = self.layer_energy(self.L, trace.states[-1], trace.initial[-1].detach())
-        return StepOutput(loss.detach(), energy / x0.shape[0])
+        return StepOutput(loss.detach(), energy / total)
 
     @torch.no_grad()
     def predict(self, x0: torch.Tensor) -> torch.Tensor:

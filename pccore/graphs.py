@@ -109,7 +109,7 @@ class CapturedStep:
         return StepOutput(self.outputs.loss.clone(), self.outputs.energy.clone())
 
 
-def check_cuda_graphs(recipe: Any, device: torch.device) -> None:
+def check_cuda_graphs(recipe: Any, device: torch.device, world_size: int = 1) -> None:
     """Refuse `run.cuda_graphs` where it cannot work, before anything is built or written."""
     if not getattr(recipe.run, "cuda_graphs", False):
         return
@@ -123,4 +123,10 @@ def check_cuda_graphs(recipe: Any, device: torch.device) -> None:
         raise UsageError(
             "run.cuda_graphs and run.compile cannot be combined: the captured step replays eager kernels; "
             "choose one (run.compile = false keeps the graphs)"
+        )
+    if world_size > 1:
+        raise UsageError(
+            f"run.cuda_graphs = true captures one process's whole step, but this run is data-parallel over "
+            f"{world_size} processes, whose gradient all-reduce happens between the backward pass and the "
+            "optimizer step; set run.cuda_graphs = false to train data-parallel eagerly"
         )

@@ -64,8 +64,9 @@ def pccore_register_update() -> Iterable[Component]:
 def pccore_register_normalization() -> Iterable[Component]:
     """Normalisation policies: the factory returns an object with `layer(num_features, spatial_dims)`
     (the module to place after a conv or linear layer, or None) and `set_phase(model, phase)`, and
-    optionally `pure_inference` and `prepare(model)` (take control of normalisation modules the blocks
-    brought themselves, in place; see `pccore.components.NormalizationPolicy`).
+    optionally `pure_inference`, `prepare(model)` (take control of normalisation modules the blocks
+    brought themselves, in place) and `shared_buffers(model)` (statistics that data-parallel training
+    averages across processes; see `pccore.components.NormalizationPolicy`).
 
     Example::
 

@@ -17,14 +17,26 @@ a run directory is made, rather than silently training in fp32.
 The training loop never waits for the device inside an epoch except every `log.every` batches: the loss
 and per-layer energies of each batch stay on the device until a log point reads them all at once, and the
 check for a diverged (non-finite) loss or energy is made there and at the end of every epoch.
+
+Data-parallel runs (torchrun, or `pccore run --nproc N`; see `pccore.distributed`): every rank trains its
+shard of each global batch and the ranks' gradients are summed before each optimizer step, so the model
+follows the same path as in one process. Rank 0 alone makes the run directory and writes run.json,
+checkpoints, summaries and TensorBoard events, and prints progress; what it reads back when resuming
+reaches the other ranks through the process group, so that only rank 0's machine needs the run directory.
+Losses, energies and test accuracies are reduced over the ranks (exact counts), so every rank takes the
+same decisions (divergence, best epoch, early stop). Under `torchrun --max-restarts K` a run needs --out:
+a restarted attempt finds there the run that the failed attempt of the same launch started (run.json
+records the launch's id) and continues it from its checkpoints.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import math
+import os
 import random
 import re
 import sys
@@ -38,6 +50,7 @@ import numpy as np
 import torch
 
 import pccore
+from pccore import distributed
 from pccore.assemble import DTYPES, assemble, autocast_dtype, preflight, resolve_device
 from pccore.checkpoint import (
     CheckpointError,
@@ -49,6 +62,7 @@ from pccore.checkpoint import (
 from pccore.data import BatchFeeder, smoke_data
 from pccore.errors import DivergenceError, PccoreError, UsageError
 from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, is_folder, make_folder
+from pccore.graphs import CapturedStep, check_cuda_graphs
 from pccore.optim import END_FACTOR, WarmupCosine, make_optimizer
 from pccore.splits import carve_validation, validation_seed
 from pccore.tensorboard import RunLogger
@@ -64,28 +78,37 @@ SMOKE_HIDDEN = 32
 SMOKE_DEPTH = 3
 """Largest integer `depth` (number of hidden layers) of a --smoke run."""
 RUN_INFO = "run.json"
-"""Marker file of a run directory: how the run was started (smoke or not), read by --resume, and its
-status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM), "failed" (with the error under
-"error") or "stopped" (by an epoch-end hook such as a tuner's pruner, with its reason under "reason")."""
+"""Marker file of a run directory: how the run was started (smoke or not; under torchrun the launch's id,
+under "launch"), read by --resume, and its status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM),
+"failed" (with the error under "error") or "stopped" (by an epoch-end hook such as a tuner's pruner, with
+its reason under "reason")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """`pccore run RECIPE [...]` and `pccore run --resume RUN_DIR`: train, print a summary, return 0."""
+    """`pccore run RECIPE [...]` and `pccore run --resume RUN_DIR`: train, print a summary, return 0.
+    With `--nproc N`, start N data-parallel processes that do so instead (see `pccore.launch`)."""
+    if args.resume and (args.recipe or args.overrides or args.out or args.smoke):
+        raise UsageError(
+            "--resume RUN_DIR continues a run with the recipe saved in RUN_DIR/recipe.toml; "
+            "it takes no RECIPE, --set, --out or --smoke (only --device and --nproc)."
+        )
+    if not args.resume and not args.recipe:
+        raise UsageError("pccore run needs a RECIPE (a TOML file), or --resume RUN_DIR to continue a run.")
+    if getattr(args, "nproc", None) is not None:
+        return _launch(args)
+    with distributed.session() as world:
+        return _run(args, world)
+
+
+def _run(args: argparse.Namespace, world: distributed.World) -> int:
     if args.resume:
-        if args.recipe or args.overrides or args.out or args.smoke:
-            raise UsageError(
-                "--resume RUN_DIR continues a run with the recipe saved in RUN_DIR/recipe.toml; "
-                "it takes no RECIPE, --set, --out or --smoke (only --device)."
-            )
         run_dir = Path(args.resume)
-        recipe, smoke = load_run(run_dir)
+        recipe, smoke = world.from_rank_zero(lambda: load_run(run_dir), "reading the run's recipe")
         train(recipe, run_dir, device=args.device, smoke=smoke, resume=True)
         return 0
-    if not args.recipe:
-        raise UsageError("pccore run needs a RECIPE (a TOML file), or --resume RUN_DIR to continue a run.")
     from pccore.plugins import get_registry
     from pccore.recipe import load_recipe
 
@@ -94,6 +117,28 @@ def run_command(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     train(recipe, out, device=args.device, smoke=args.smoke, registry=registry)
     return 0
+
+
+def _launch(args: argparse.Namespace) -> int:
+    """`pccore run ... --nproc N`: check the recipe (or the run to resume) once, then start N processes
+    that each run the same command without --nproc."""
+    from pccore.launch import launch_local
+
+    if args.resume:
+        load_run(Path(args.resume))
+    else:
+        from pccore.plugins import get_registry
+        from pccore.recipe import load_recipe
+
+        load_recipe(args.recipe, args.overrides, registry=get_registry())
+    if getattr(args, "debug", False):
+        os.environ["PCCORE_DEBUG"] = "1"
+    argv = ["run", *(["--resume", args.resume] if args.resume else [args.recipe])]
+    argv += [item for override in args.overrides for item in ("--set", override)]
+    argv += ["--device", args.device] if args.device else []
+    argv += ["--out", args.out] if args.out else []
+    argv += ["--smoke"] if args.smoke else []
+    return launch_local(args.nproc, argv)
 
 
 def load_run(run_dir: Path) -> tuple[Any, bool]:
@@ -141,7 +186,8 @@ def train(
         from pccore.plugins import get_registry
 
         registry = get_registry()
-    stream = sys.stdout if stream is None else stream
+    world = distributed.join()
+    stream = world.rank_zero_stream(sys.stdout if stream is None else stream)
     if device is not None:
         try:
             recipe = attrs.evolve(recipe, run=attrs.evolve(recipe.run, device=device))
@@ -149,27 +195,42 @@ def train(
             raise UsageError(f"--device {device}: expected {err}") from None
     if smoke:
         recipe = smoke_recipe(recipe)
-    torch_device = resolve_device(recipe.run.device)
+    torch_device = world.place(resolve_device(recipe.run.device))
     autocast_dtype(recipe, torch_device)  # bf16 off CUDA is refused here, before any folder is made
+    check_cuda_graphs(recipe, torch_device, world.size)  # so is run.cuda_graphs where it cannot work
+    restarted = False
+    if not resume and world.restarts > 0:
+        if out_dir is None:
+            raise world.shared(UsageError(
+                f"torchrun --max-restarts {world.restarts} restarts the processes after a failure, and a restarted "
+                "attempt must find the run directory of the failed one: give it with --out DIR (or continue a run "
+                "with --resume DIR)."
+            ))
+        restarted = world.from_rank_zero(lambda: _made_by_this_launch(Path(out_dir), recipe, smoke, world.launch_id),
+                                         "looking for the run of a failed attempt")
+        resume = restarted
     if resume:
-        if out_dir is None or not Path(out_dir).is_dir():
-            raise UsageError(f"cannot resume: the run directory {out_dir} does not exist.")
+        world.from_rank_zero(lambda: _check_run_dir(out_dir), "opening the run directory")
         run_dir = Path(out_dir)
     seeds = _seeds(recipe) if only_seeds is None else _chosen_seeds(recipe, only_seeds, resume)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
     spec = dataset.spec()
     preflight(recipe, spec, torch_device, registry)  # components built, sizes checked: before any folder
     data = (
-        smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke else dataset.load()
+        smoke_data(spec, SMOKE_BATCHES, recipe.data.batch_size, seeds[0]) if smoke
+        else world.local_zero_first(dataset.load, "loading the dataset")
     )
     data, validation = _validation_data(recipe, data, smoke)
     images = getattr(data, "train_images", None)
     if isinstance(images, torch.Tensor) and images.dim() == 4:  # a training batch the model cannot take
-        preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]))
+        world.check_batches(recipe.data.batch_size, int(images.shape[0]), recipe.train.max_batches)
+        preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]), shards=world.size)
     if resume and only_seeds is None:
-        _update_run_info(run_dir, status="running", error=None, reason=None)
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="running", error=None, reason=None),
+                             "marking the run as running")
     elif not resume:
-        run_dir = _start_run(recipe, out_dir, smoke)
+        run_dir = world.from_rank_zero(lambda: _start_run(recipe, out_dir, smoke, world.launch_id),
+                                       "making the run directory")
     context = _RunContext(
         recipe=recipe,
         run_dir=run_dir,
@@ -180,10 +241,16 @@ def train(
         registry=registry,
         progress=Progress(stream),
         plugins=sorted({f"{p.distribution} {p.version}".strip() for p in registry.plugins}),
+        world=world,
         validation=validation,
         epoch_end=epoch_end,
     )
     print(f"run directory: {run_dir}", file=stream, flush=True)
+    if world.size > 1:
+        context.progress.note(f"data-parallel over {world.size} processes: data.batch_size = "
+                              f"{recipe.data.batch_size} is the global batch")
+    if restarted:
+        context.progress.note(f"torchrun restarted the processes: continuing {run_dir}")
     note = schedule_note(recipe)
     if note:
         context.progress.note(note)
@@ -196,19 +263,22 @@ def train(
         if only_seeds is not None:
             return {"seeds": results}
         summary = aggregate(results)
-        summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device), **summary}
+        summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device),
+                   "world_size": world.size, **summary}
         if context.stop_reason is not None:
             summary["stopped"] = context.stop_reason
-        atomic_write_json(run_dir / "summary.json", summary)
+        world.from_rank_zero(lambda: atomic_write_json(run_dir / "summary.json", summary), "writing the summary")
     except (Exception, KeyboardInterrupt) as err:
         context.progress.abort()
         if only_seeds is None:
             _record_failure(run_dir, err)
         raise
     if context.stop_reason is not None:
-        _update_run_info(run_dir, status="stopped", reason=context.stop_reason)
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="stopped", reason=context.stop_reason),
+                             "marking the run as stopped")
     else:
-        _update_run_info(run_dir, status="finished", reason=None)
+        world.from_rank_zero(lambda: _update_run_info(run_dir, status="finished", reason=None),
+                             "marking the run as finished")
     context.progress.final(summary)
     return summary
 
@@ -298,15 +368,39 @@ def start_run(recipe: Any, out_dir: Path) -> Path:
     return _start_run(recipe, Path(out_dir), smoke=False)
 
 
-def _start_run(recipe: Any, out_dir: Path | None, smoke: bool) -> Path:
-    """Make the run directory and write `run.json` (status "running") and `recipe.toml` into it; when
-    that fails, remove what was made, so that no half-made run directory is left behind."""
+def _made_by_this_launch(out_dir: Path, recipe: Any, smoke: bool, launch_id: str | None) -> bool:
+    """Whether `out_dir` holds a run that an earlier attempt of this torchrun launch started with this very
+    recipe (then this attempt is a restart and continues it); decided by rank 0, which owns the files."""
+    from pccore.recipe import recipe_to_toml
+
+    if launch_id is None:
+        return False
+    try:
+        info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
+        saved = (out_dir / "recipe.toml").read_text(encoding="utf-8")
+    except (OSError, ValueError):
+        return False
+    return info.get("launch") == launch_id and info.get("smoke") == smoke and saved == recipe_to_toml(recipe)
+
+
+def _check_run_dir(out_dir: Path | None) -> None:
+    """Refuse to resume from a run directory that does not exist."""
+    if out_dir is None or not Path(out_dir).is_dir():
+        raise UsageError(f"cannot resume: the run directory {out_dir} does not exist.")
+
+
+def _start_run(recipe: Any, out_dir: Path | None, smoke: bool, launch_id: str | None = None) -> Path:
+    """Make the run directory and write `run.json` (status "running"; the torchrun launch that started it,
+    if any) and `recipe.toml` into it; when that fails, remove what was made, so that no half-made run
+    directory is left behind."""
     from pccore.recipe import recipe_to_toml
 
     run_dir, created = _make_run_dir(recipe, out_dir, smoke)
+    info = {"smoke": smoke, "pccore_version": pccore.__version__, "status": "running"}
+    if launch_id is not None:
+        info["launch"] = launch_id
     try:
-        atomic_write_json(run_dir / RUN_INFO, {"smoke": smoke, "pccore_version": pccore.__version__,
-                                               "status": "running"})
+        atomic_write_json(run_dir / RUN_INFO, info)
         atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
     except BaseException:
         with contextlib.suppress(OSError):
@@ -363,6 +457,7 @@ def _update_run_info(run_dir: Path, **changes: Any) -> None:
     atomic_write_json(path, {k: v for k, v in info.items() if v is not None})
 
 
+@distributed.rank_zero_only
 def _record_failure(run_dir: Path, err: BaseException) -> None:
     """Mark the run interrupted or failed in run.json (best effort: a full disk may refuse even that) and
     say how to continue it where resuming can help."""
@@ -426,6 +521,7 @@ class _RunContext:
     registry: Any
     progress: Progress
     plugins: list[str]
+    world: distributed.World = attrs.Factory(distributed.current)
     validation: Any = None
     epoch_end: EpochHook | None = None
     stop_reason: str | None = None
@@ -449,47 +545,64 @@ class SeedState:
 
 def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
     """Train one seed to the end (or early stop) and return its summary, resuming when asked."""
-    recipe = ctx.recipe
+    recipe, world = ctx.recipe, ctx.world
     seed_dir = ctx.run_dir / f"seed_{seed}"
     summary_path = seed_dir / "summary.json"
-    if resume and summary_path.is_file():
-        ctx.progress.note(f"seed {seed}: finished earlier, skipped")
-        return json.loads(summary_path.read_text())
-    make_folder(seed_dir, "the seed folder")
+    if resume:
+        finished = world.from_rank_zero(
+            lambda: json.loads(summary_path.read_text()) if summary_path.is_file() else None,
+            "reading the summaries of finished seeds",
+        )
+        if finished is not None:
+            ctx.progress.note(f"seed {seed}: finished earlier, skipped")
+            return finished
+    world.from_rank_zero(lambda: make_folder(seed_dir, "the seed folder"), "making the seed folder")
     checkpoint_path = seed_dir / "checkpoint.pt"
 
     torch.manual_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     asm = assemble(recipe, ctx.spec, ctx.device, registry=ctx.registry)
+    world.broadcast_module(asm.blocks)  # every rank starts from rank 0's weights, as with DDP
     channels_last = bool(recipe.run.channels_last)
+    shard = (world.rank, world.size)
     train_feeder = BatchFeeder(
         ctx.data, train=True, batch_size=recipe.data.batch_size, device=ctx.device, dtype=ctx.dtype,
-        channels_last=channels_last, max_batches=recipe.train.max_batches,
+        channels_last=channels_last, max_batches=recipe.train.max_batches, shard=shard,
     )
     test_feeder = BatchFeeder(
         ctx.data, train=False, batch_size=recipe.data.eval_batch_size, device=ctx.device, dtype=ctx.dtype,
-        channels_last=channels_last, max_batches=0,
+        channels_last=channels_last, max_batches=0, shard=shard,
     )
     val_feeder = None if ctx.validation is None else BatchFeeder(
         ctx.validation, train=False, batch_size=recipe.data.eval_batch_size, device=ctx.device,
-        dtype=ctx.dtype, channels_last=channels_last, max_batches=0,
+        dtype=ctx.dtype, channels_last=channels_last, max_batches=0, shard=shard,
     )
     batches = len(train_feeder)
-    optimizer = make_optimizer([p for p in asm.blocks.parameters() if p.requires_grad], recipe.optimizer)
+    optimizer = make_optimizer([p for p in asm.blocks.parameters() if p.requires_grad], recipe.optimizer,
+                               for_graphs=bool(recipe.run.cuda_graphs))
     schedule = WarmupCosine(
         optimizer, recipe.optimizer.lr, recipe.optimizer.schedule_epochs * batches, recipe.optimizer.warmup
     )
 
     state = SeedState()
-    if resume and checkpoint_path.is_file():
-        state = _restore(load_checkpoint(checkpoint_path), checkpoint_path, asm, optimizer, schedule, seed)
+    saved = None
+    if resume:
+        saved = world.from_rank_zero(
+            lambda: load_checkpoint(checkpoint_path) if checkpoint_path.is_file() else None, "reading the checkpoint"
+        )
+    if saved is not None:
+        try:
+            state = _restore(saved, checkpoint_path, asm, optimizer, schedule, seed)
+        except CheckpointError as err:  # every rank restores the same checkpoint: rank 0 reports it
+            world.shared(err)
+            raise
         ctx.progress.note(f"seed {seed}: resuming after epoch {state.epochs_done}")
     fresh = state.epochs_done == 0
     # A resumed seed hides the events its interrupted epoch logged after the checkpoint (all of them when
     # no epoch had finished).
     purge_step = None if not resume else (0 if fresh else schedule.step_count + 1)
-    logger = RunLogger(seed_dir, enabled=bool(recipe.log.tensorboard), purge_step=purge_step)
+    logger = RunLogger(seed_dir, enabled=bool(recipe.log.tensorboard) and world.is_zero, purge_step=purge_step)
     try:
         if fresh:
             from pccore.recipe import recipe_to_toml
@@ -530,7 +643,7 @@ def _train_seed(ctx: _RunContext, seed: int, resume: bool) -> dict[str, Any]:
         )
     if ctx.stop_reason is not None:
         summary["stopped"] = ctx.stop_reason
-    atomic_write_json(summary_path, summary)
+    world.from_rank_zero(lambda: atomic_write_json(summary_path, summary), "writing the seed's summary")
     return summary
 
 
@@ -572,7 +685,11 @@ class _SeedLoop:
         self.layers = len(asm.blocks)
         self.top_k = min(5, ctx.spec.num_classes)
         self.every = int(self.recipe.log.every)
+        self.world = ctx.world
+        self.replicas = distributed.ReplicaSync(self.world, asm.blocks, asm.components["normalization"])
         self.val_feeder: BatchFeeder | None = val_feeder
+        # run.cuda_graphs: full batches replay one captured step (train_step and the optimizer step)
+        self.captured = CapturedStep(self.engine, optimizer) if self.recipe.run.cuda_graphs else None
 
     def run(self, checkpoint_path: Path, best_path: Path) -> None:
         """Epochs until `train.epochs`, or until `train.patience` epochs pass without a better top-1 (the
@@ -585,10 +702,11 @@ class _SeedLoop:
             start = time.perf_counter()
             self.asm.nudging.begin_epoch(self.seed, epoch)
             loss, energy = self._train_epoch(epoch, epochs, checkpoint_path)
-            top1, top5 = evaluate(self.engine, self.test_feeder.epoch(self.seed, 0), self.top_k)
+            top1, top5 = evaluate(self.engine, self.test_feeder.epoch(self.seed, 0), self.top_k, self.world)
             val_top1 = val_top5 = None
             if self.val_feeder is not None:
-                val_top1, val_top5 = evaluate(self.engine, self.val_feeder.epoch(self.seed, 0), self.top_k)
+                val_top1, val_top5 = evaluate(self.engine, self.val_feeder.epoch(self.seed, 0), self.top_k,
+                                              self.world)
             seconds = time.perf_counter() - start
             improved = self._track_best(epoch + 1, top1, top5, val_top1)
             state.epochs_done = epoch + 1
@@ -598,19 +716,19 @@ class _SeedLoop:
                 entry.update(val_top1=val_top1, val_top5=val_top5)
             state.history.append(entry)
             if self.recipe.log.checkpoints:
-                checkpoint = self._checkpoint()
-                save_checkpoint(checkpoint_path, checkpoint)
-                if improved:
-                    save_checkpoint(best_path, checkpoint)
+                best = best_path if improved else None
+                save = functools.partial(self._save, checkpoint_path, best)
+                self.world.from_rank_zero(save, "writing the checkpoint")
             self.logger.log_epoch(
                 self.schedule.step_count, epoch=epoch + 1, loss=loss, top1=top1, top5=top5, energy=energy,
                 val_top1=val_top1, val_top5=val_top5,
             )
             self.ctx.progress.epoch_end(self.seed, epoch + 1, epochs, loss, top1, top5, state, seconds, val_top1)
             if self.ctx.epoch_end is not None:
-                reason = self.ctx.epoch_end(
-                    EpochReport(self.seed, epoch + 1, epochs, loss, top1, top5, val_top1, val_top5)
-                )
+                report = EpochReport(self.seed, epoch + 1, epochs, loss, top1, top5, val_top1, val_top5)
+                # rank 0 decides, so that every process stops after the same epoch
+                reason = self.world.from_rank_zero(functools.partial(self.ctx.epoch_end, report),
+                                                   "asking whether to stop")
                 if reason:
                     self.ctx.stop_reason = str(reason)
                     self.ctx.progress.note(f"seed {self.seed}: stopped after epoch {epoch + 1}: {reason}")
@@ -633,6 +751,12 @@ class _SeedLoop:
         state.since_best = 0 if improved else state.since_best + 1
         return improved
 
+    def _save(self, checkpoint_path: Path, best_path: Path | None) -> None:
+        checkpoint = self._checkpoint()
+        save_checkpoint(checkpoint_path, checkpoint)
+        if best_path is not None:
+            save_checkpoint(best_path, checkpoint)
+
     def _checkpoint(self) -> dict[str, Any]:
         return {
             "model": self.asm.blocks.state_dict(),
@@ -653,11 +777,17 @@ class _SeedLoop:
         batches = len(self.train_feeder)
         batch = 0
         for batch, (x, y) in enumerate(self.train_feeder.epoch(self.seed, epoch), start=1):
-            out = self.engine.train_step(x, y)
-            self.optimizer.step()
+            size = self.train_feeder.global_size(batch - 1)  # this rank's shard averages over the global batch
+            if self.captured is not None:  # one process (check_cuda_graphs): nothing to sum across ranks
+                out = self.captured(x, y)
+            else:
+                out = self.engine.train_step(x, y, size)
+                self.replicas.sum_gradients()
+                self.optimizer.step()
             self.schedule.step()
+            self.replicas.average_buffers()
             window.append(torch.cat([out.loss.reshape(1).to(out.energy.dtype), out.energy]))
-            samples += int(x.shape[0])
+            samples += size
             rate = samples / max(time.perf_counter() - start, 1e-9)
             if batch % self.every == 0:
                 rows = self._read(window, epoch, batch, checkpoint_path)
@@ -677,18 +807,19 @@ class _SeedLoop:
         return totals[0] / seen, [t / seen for t in totals[1:]]
 
     def _read(self, window: list[torch.Tensor], epoch: int, last_batch: int, checkpoint_path: Path) -> list:
-        """Bring a window of per-batch [loss, energy_1..energy_L] rows to the host (one synchronisation)
-        and stop with DivergenceError at the first non-finite value."""
-        rows = torch.stack(window).detach().to("cpu", torch.float64)
+        """Bring a window of per-batch [loss, energy_1..energy_L] rows to the host (one synchronisation;
+        in a data-parallel run the sum of the ranks' shares, one all-reduce) and stop with DivergenceError at
+        the first non-finite value, on every rank alike."""
+        rows = self.world.sum(torch.stack(window).detach(), "adding up the losses").to("cpu", torch.float64)
         finite = torch.isfinite(rows)
         if not bool(finite.all()):
             first_row = int((~finite).any(dim=1).nonzero()[0, 0])
-            raise DivergenceError(
+            raise self.world.shared(DivergenceError(
                 _divergence_message(
                     self.seed, epoch + 1, last_batch - len(window) + 1 + first_row, rows[first_row].tolist(),
                     checkpoint_path,
                 )
-            )
+            ))
         return rows.tolist()
 
 
@@ -714,13 +845,17 @@ def _divergence_message(seed: int, epoch: int, batch: int, row: Sequence[float],
 
 
 def evaluate(
-    engine: Any, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], k: int
+    engine: Any, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], k: int,
+    world: distributed.World | None = None,
 ) -> tuple[float, float]:
-    """Top-1 and top-k accuracy (fractions in [0, 1]) of `engine.predict` over the given batches."""
+    """Top-1 and top-k accuracy (fractions in [0, 1]) of `engine.predict` over the given batches; with
+    `world`, over every rank's batches (the correct counts are summed exactly)."""
     correct1: torch.Tensor | None = None
     correctk: torch.Tensor | None = None
     total = 0
     for x, y in batches:
+        if y.shape[0] == 0:  # a rank's empty share of a last batch smaller than the number of ranks
+            continue
         logits = engine.predict(x)
         top = logits.topk(k, dim=1).indices
         hits = top.eq(y.view(-1, 1))
@@ -728,9 +863,13 @@ def evaluate(
         correct1 = c1 if correct1 is None else correct1 + c1
         correctk = ck if correctk is None else correctk + ck
         total += int(y.shape[0])
+    counts = [int(correct1) if correct1 is not None else 0, int(correctk) if correctk is not None else 0, total]
+    if world is not None:
+        counts = world.sum_counts(counts, "adding up the test accuracy")
+    hits1, hitsk, total = counts
     if total == 0:
         raise UsageError("the test set yields no batch, so the run cannot be evaluated.")
-    return int(correct1) / total, int(correctk) / total
+    return hits1 / total, hitsk / total
 
 
 # --- summaries and output ------------------------------------------------------------------------

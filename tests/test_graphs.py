@@ -168,3 +168,72 @@ def test_cuda_graphs_are_refused_off_cuda_and_with_compile():
         check_cuda_graphs(_Recipe(True), torch.device("cpu"))
     with pytest.raises(UsageError, match="run.cuda_graphs and run.compile cannot be combined"):
         check_cuda_graphs(_Recipe(True, compile=True), torch.device("cuda"))
+    with pytest.raises(UsageError, match="data-parallel over 2 processes"):
+        check_cuda_graphs(_Recipe(True), torch.device("cuda"), world_size=2)
+
+
+# --- the training loop ------------------------------------------------------------------------------------
+
+
+class _RecordingGraphs(FakeGraphs):
+    """FakeGraphs as the training loop builds it (from a device), the outputs sized at the first replay."""
+
+    made: list[_RecordingGraphs] = []
+
+    def __init__(self, device: torch.device):
+        super().__init__(0, torch.float64)
+        _RecordingGraphs.made.append(self)
+
+    def capture(self, step):
+        self.log.append("capture")
+        out = StepOutput(torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64))
+        return (step, out), out
+
+    def replay(self, graph):
+        self.log.append("replay")
+        step, out = graph
+        result = step()
+        out.loss.resize_as_(result.loss).copy_(result.loss)
+        out.energy.resize_as_(result.energy).copy_(result.energy)
+
+
+def test_pccore_run_replays_full_batches_and_trains_like_the_eager_run(tmp_path, monkeypatch):
+    """`run.cuda_graphs = true` in `pccore run`: the loop steps through CapturedStep (warm-up, capture, replays,
+    the last partial batch of every epoch eager), and the run (BatchNorm Freezing, center nudging drawn per
+    batch, the cosine schedule) ends with the eager run's weights, up to the fused AdamW's rounding."""
+    import pccore.graphs
+    import pccore.training
+    from pccore.checkpoint import load_checkpoint
+    from pccore.cli import main
+    from tests.test_training import write_recipe
+
+    recipe = write_recipe(
+        tmp_path, run_dtype="float64", normalization="frozen", max_batches=0, epochs=2, data_batch_size=100,
+        nudging={"name": "center", "beta": 0.5, "resample": "batch"},
+    )
+    assert main(["run", str(recipe), "--out", str(tmp_path / "eager")]) == 0
+    monkeypatch.setattr(pccore.training, "check_cuda_graphs", lambda *args: None)  # the CPU stands in for CUDA
+    monkeypatch.setattr(pccore.graphs, "CudaGraphs", _RecordingGraphs)
+    _RecordingGraphs.made = []
+    assert main(["run", str(recipe), "--out", str(tmp_path / "captured"), "--set", "run.cuda_graphs=true"]) == 0
+
+    (graphs,) = _RecordingGraphs.made
+    batches = graphs.log.count("warm") + graphs.log.count("replay") + 2  # + the two eager partial batches
+    assert graphs.log[:4] == ["warm", "warm", "warm", "capture"] and graphs.log.count("capture") == 1
+    assert batches % 2 == 0 and graphs.log.count("replay") == batches - 5
+    eager = load_checkpoint(tmp_path / "eager" / "seed_0" / "checkpoint.pt")["model"]
+    captured = load_checkpoint(tmp_path / "captured" / "seed_0" / "checkpoint.pt")["model"]
+    assert eager.keys() == captured.keys()
+    for name, value in eager.items():
+        # fused AdamW (the captured run's) and the default one round differently: ~1e-11 after 30 steps
+        torch.testing.assert_close(captured[name], value, rtol=0, atol=1e-9, msg=name)
+
+
+def test_pccore_run_refuses_cuda_graphs_off_cuda_before_making_a_folder(tmp_path, capsys):
+    from pccore.cli import main
+    from tests.test_training import write_recipe
+
+    recipe = write_recipe(tmp_path)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "out"), "--set", "run.cuda_graphs=true"]) == 2
+    assert "run.cuda_graphs = true replays the training step as a CUDA graph" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

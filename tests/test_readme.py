@@ -77,6 +77,57 @@ def test_the_figures_section_shows_both_plot_commands():
     assert "pccore schedule recipes/vgg10_cifar10_df.toml --plot decaying.png" in figures
 
 
+# --- Several GPUs and machines ---------------------------------------------------------------------------
+
+DISTRIBUTED = _section("Several GPUs and machines")
+
+
+def _torchrun_commands() -> list[list[str]]:
+    import shlex
+
+    blocks = re.findall(r"```bash\n(.*?)```", DISTRIBUTED, flags=re.DOTALL)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith("torchrun ")]
+
+
+def test_the_torchrun_commands_start_pccore_run_on_a_shipped_recipe():
+    from torch.distributed.run import get_args_parser
+
+    from pccore.cli import build_parser
+
+    commands = _torchrun_commands()
+    parsed = [get_args_parser().parse_args(command[1:]) for command in commands]
+    assert [(p.nnodes, p.nproc_per_node) for p in parsed] == [("1:1", "4"), ("2", "8"), ("2", "8")]
+    assert parsed[0].standalone and parsed[1].rdzv_endpoint == "node0:29400" and parsed[2].node_rank == 0
+    root = Path(__file__).resolve().parents[1]
+    for p in parsed:
+        assert p.module and p.training_script == "pccore"
+        args = build_parser().parse_args(p.training_script_args)
+        assert args.command == "run" and args.out and (root / args.recipe).is_file()
+
+
+def test_the_expected_allreduce_traffic_is_that_of_the_models():
+    """The table's parameter counts and bytes, from the architectures built on the meta device."""
+    from pccore.distributed import ring_allreduce_bytes
+    from pccore.plugins import get_registry
+
+    registry = get_registry()
+    n = r"([\d.]+)"
+    row = rf"^\| (VGG\d+) \((.+?), (\d+)x\d+\) \| {n} M \| {n} \| {n} / {n} / {n} MB \|$"
+    rows = re.findall(row, DISTRIBUTED, flags=re.MULTILINE)
+    assert len(rows) == 3
+    classes = {"CIFAR-10": 10, "CIFAR-100": 100, "Tiny ImageNet": 200}
+    for model, data, size, millions, gradient_mb, *sent in rows:
+        architecture = registry.build("architecture", model.lower(), registry.component("architecture",
+                                                                                         model.lower()).params())
+        norm = registry.build("normalization", "none", registry.component("normalization", "none").params())
+        with torch.device("meta"):
+            blocks = architecture.build((3, int(size), int(size)), classes[data], norm)
+        count = sum(p.numel() for b in blocks for p in b.parameters())
+        assert f"{count / 1e6:.3g}" == millions
+        assert f"{4 * count / 1e6:.1f}" == gradient_mb
+        assert [f"{ring_allreduce_bytes(4 * count, n) / 1e6:.1f}" for n in (2, 4, 8)] == sent
+
 def test_the_study_example_passes_tune_check_and_searches_what_the_shipped_study_searches(tmp_path, capsys):
     from pccore.cli import main
 

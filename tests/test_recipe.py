@@ -183,6 +183,7 @@ DEFAULT_DICT = {
         "precision": "fp32",
         "compile": False,
         "channels_last": False,
+        "cuda_graphs": False,
     },
     "data": {
         "name": "digits",
@@ -687,6 +688,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
         "run/precision": "fp32",
         "run/compile": False,
         "run/channels_last": False,
+        "run/cuda_graphs": False,
         "data/name": "digits",
         "data/batch_size": 128,
         "data/eval_batch_size": 1000,

@@ -227,7 +227,7 @@ def test_a_bf_recipe_differs_from_its_plain_twin_only_in_normalisation(name: str
     frozen = recipe_to_dict(load_recipe(_path(name + "_bf")))
     assert plain["normalization"] == {"name": "none"}
     expected = "batchnorm" if _parts(name)[2] == "bp" else "frozen"
-    assert frozen["normalization"] == {"name": expected, "momentum": 0.1, "eps": 1e-5}
+    assert frozen["normalization"] == {"name": expected, "momentum": 0.1, "eps": 1e-5, "sync": False}
     for recipe in (plain, frozen):
         del recipe["normalization"], recipe["run"]["name"]
     assert plain == frozen

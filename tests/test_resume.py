@@ -172,9 +172,9 @@ def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> N
         asm = real_assemble(*args, **kwargs)
         step = asm.engine.train_step
 
-        def drawing_step(x, y):
+        def drawing_step(x, y, *batch_size):
             draws.append((torch.rand(()).item(), float(np.random.rand()), random.random()))
-            return step(x, y)
+            return step(x, y, *batch_size)
 
         asm.engine.train_step = drawing_step
         return asm

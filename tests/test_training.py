@@ -183,7 +183,7 @@ def test_two_seeds_population_std(tmp_path: Path, monkeypatch) -> None:
         return real_seed(ctx, seed, resume)
 
     monkeypatch.setattr(training, "_train_seed", remember)
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k: scores[current[0]][0])
+    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: scores[current[0]][0])
     recipe = write_recipe(tmp_path, seeds=[0, 1], epochs=1, max_batches=1, tensorboard=False)
     assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -274,8 +274,8 @@ def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatc
     used: list[float] = []
     real = training.make_optimizer
 
-    def recording(params, section):
-        optimizer = real(params, section)
+    def recording(params, section, **options):
+        optimizer = real(params, section, **options)
         step = optimizer.step
 
         def recorded_step(*args, **kwargs):
@@ -329,7 +329,7 @@ def test_smoke_thins_an_integer_width_and_depth() -> None:
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path, monkeypatch) -> None:
     script = iter([(0.5, 0.9), (0.6, 0.8), (0.6, 0.95), (0.55, 0.9), (0.9, 1.0)])
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k: next(script))
+    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: next(script))
     recipe = write_recipe(tmp_path, epochs=10, patience=2, max_batches=1, tensorboard=False)
     out = tmp_path / "o"
     assert _run([str(recipe), "--out", str(out)]) == 0
@@ -401,8 +401,8 @@ def _poison(monkeypatch, epoch: int, batch: int, layer: int, per_epoch: int) -> 
         step = asm.engine.train_step
         count = {"batch": 0}
 
-        def train_step(x, y):
-            out = step(x, y)
+        def train_step(x, y, *batch_size):
+            out = step(x, y, *batch_size)
             count["batch"] += 1
             if count["batch"] == (epoch - 1) * per_epoch + batch:
                 energy = out.energy.clone()

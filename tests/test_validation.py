@@ -123,7 +123,7 @@ def test_early_stopping_and_best_pt_follow_validation_top1(tmp_path: Path, monke
     # validation top-1 peaks at epoch 2, so with patience 2 the run stops after epoch 4
     script = iter([(0.5, 0.9), (0.70, 0.9), (0.6, 0.9), (0.80, 0.9), (0.7, 0.9), (0.75, 0.9), (0.8, 0.9),
                    (0.80, 0.9), (0.9, 0.9), (0.99, 0.9)])
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k: next(script))
+    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: next(script))
     recipe = write_recipe(tmp_path, epochs=10, patience=2, max_batches=1, tensorboard=False,
                           data_validation_fraction=0.2)
     out = tmp_path / "o"
