@@ -150,3 +150,35 @@ def test_the_search_section_shows_the_commands_for_two_machines():
     search = _section("Search and sweeps")
     assert search.count("--storage postgresql://") == 1 and search.count("--storage journal:") == 1
     assert "pccore tune recipes/studies/quickstart.toml --workers 2" in search
+
+
+# --- Deeper networks -------------------------------------------------------------------------------------
+
+DEEPER = _section("Deeper networks")
+
+
+def test_the_deeper_networks_commands_name_shipped_recipes_and_parse():
+    import shlex
+
+    from pccore.cli import build_parser
+    from pccore.recipe import load_recipe
+
+    root = Path(__file__).resolve().parents[1]
+    block = re.search(r"```bash\n(.*?)```", DEEPER, flags=re.DOTALL).group(1)
+    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert [c[:2] for c in commands] == [["pccore", "run"]] * 3 + [["pccore", "diagnose"]]
+    for command in commands:
+        args = build_parser().parse_args(command[1:])
+        load_recipe(root / args.recipe)  # the recipe exists and is valid
+
+
+def test_the_depth_table_has_the_rows_benchmarks_deeper_measures():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        from deeper import ROWS
+    finally:
+        sys.path.pop(0)
+    table = [line for line in DEEPER.splitlines() if line.startswith("| ") and not line.startswith("| model")]
+    assert len(table) == len(ROWS)
+    layers = [line.split("|")[2].strip() for line in table]
+    assert layers == [row.layers for row in ROWS.values()]
