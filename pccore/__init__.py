@@ -56,7 +56,7 @@ from pccore.figures import plot_depth, plot_diagnosis, plot_schedule, save_png
 from pccore.hookspecs import hookimpl
 from pccore.recipe import Recipe
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "Component",

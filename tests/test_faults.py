@@ -315,7 +315,7 @@ def test_run_json_records_a_finished_run(tmp_path, capsys):
     out = tmp_path / "out"
     code, _, _ = run_cli(capsys, "run", write_recipe(tmp_path, epochs=1, tensorboard=False), "--out", out)
     assert code == 0
-    assert run_info(out) == {"smoke": False, "pccore_version": "0.1.0", "status": "finished"}
+    assert run_info(out) == {"smoke": False, "pccore_version": "0.2.0", "status": "finished"}
 
 
 def test_run_json_records_a_diverged_run_without_suggesting_a_resume(tmp_path, capsys):

@@ -97,9 +97,9 @@ def test_run_writes_a_complete_run_directory(tmp_path: Path) -> None:
     assert seed["seed"] == 0
     assert seed["epochs"] == 2
     assert seed["device"] == "cpu"
-    assert seed["pccore_version"] == "0.1.0"
+    assert seed["pccore_version"] == "0.2.0"
     assert seed["torch_version"] == torch.__version__
-    assert "pccore 0.1.0" in seed["plugins"]
+    assert "pccore 0.2.0" in seed["plugins"]
     assert [h["epoch"] for h in seed["history"]] == [1, 2]
     assert set(seed["history"][0]) == {"epoch", "loss", "top1", "top5", "seconds"}
     tops = [h["top1"] for h in seed["history"]]
