@@ -196,9 +196,9 @@ def train(
 
 def resume(run_dir: str | os.PathLike, *, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoints (as `pccore run --resume RUN_DIR`); the summary."""
-    from pccore import training
+    from pccore import rundir, training
 
-    recipe, smoke = training.load_run(Path(run_dir))
+    recipe, smoke = rundir.load_run(Path(run_dir))
     return training.train(recipe, Path(run_dir), device=device, smoke=smoke, resume=True, stream=_stream(quiet))
 
 
@@ -223,7 +223,7 @@ def load_engine(
     """
     from pccore.assemble import assemble, resolve_device
     from pccore.checkpoint import load_checkpoint
-    from pccore.training import load_run
+    from pccore.rundir import load_run
 
     files = {"best": "best.pt", "last": "checkpoint.pt"}
     if checkpoint not in files:

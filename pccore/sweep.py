@@ -91,7 +91,7 @@ def prepare_run(recipe: Any, source: str, out: Path, seeds: list[int], registry:
     """The run directory of one recipe under `out`: made with the sweep's seeds, or an existing one of the
     same recipe, its seeds extended by any new ones (a run of another recipe there is refused)."""
     from pccore.recipe import load_recipe, recipe_to_dict, recipe_to_toml
-    from pccore.training import RUN_INFO, start_run
+    from pccore.rundir import RUN_INFO, start_run
 
     run_dir = out / recipe.run.name
     saved_path = run_dir / "recipe.toml"
@@ -201,7 +201,8 @@ def _finalize(run: SweepRun) -> None:
     """Once no seed of a run is left to try: the aggregate summary.json when every seed of the run
     directory has finished, and run.json's status."""
     from pccore.recipe import load_recipe
-    from pccore.training import aggregate, record_status
+    from pccore.rundir import record_status
+    from pccore.training import aggregate
 
     recipe = load_recipe(run.run_dir / "recipe.toml")
     summaries = []
@@ -258,7 +259,7 @@ def run_sweep(runs: list[SweepRun], workers: int, devices: list[str], timeout: f
 
 
 def _mark_interrupted(run: SweepRun) -> None:
-    from pccore.training import record_status
+    from pccore.rundir import record_status
 
     if run.run_dir.is_dir():
         record_status(run.run_dir, "interrupted")
@@ -339,7 +340,7 @@ def sweep_recipes(
 
 def _train_one_seed(args: argparse.Namespace) -> int:
     """The process of one (recipe, seed): train that seed of the run directory, resuming its checkpoint."""
-    from pccore import training
+    from pccore import rundir, training
 
     if len(args.recipes) != 1:
         raise UsageError("--train-seed takes exactly one run directory")
@@ -348,7 +349,7 @@ def _train_one_seed(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.worker_threads)
     run_dir = Path(args.recipes[0])
-    recipe, _smoke = training.load_run(run_dir)
+    recipe, _smoke = rundir.load_run(run_dir)
     devices = parse_devices(args.devices)
     training.train(recipe, run_dir, device=device_for(devices, 0), resume=True, only_seeds=[args.train_seed])
     return 0

@@ -1,8 +1,8 @@
 """Complete training runs (`pccore run`): one training per seed, evaluation, early stopping, summaries.
 
-A run directory holds the resolved recipe (`recipe.toml`), a marker of how the run was started and how
-it stands (`run.json`: running, finished, interrupted or failed with its error), the aggregate
-`summary.json`, and per seed `seed_<n>/` with TensorBoard events,
+A run directory (made and marked by `pccore.rundir`) holds the resolved recipe (`recipe.toml`), a marker
+of how the run was started and how it stands (`run.json`), the aggregate `summary.json`, and per seed
+`seed_<n>/` with TensorBoard events,
 `checkpoint.pt` (after the latest epoch), `best.pt` (at the best top-1: the validation top-1 when the recipe
 holds a validation split, else the test top-1) and the seed's `summary.json`.
 A seed with a `summary.json` is finished; `pccore run --resume RUN_DIR` skips it and continues every other
@@ -32,13 +32,11 @@ records the launch's id) and continues it from its checkpoints.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import math
 import os
 import random
-import re
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -50,7 +48,7 @@ import numpy as np
 import torch
 
 import pccore
-from pccore import distributed
+from pccore import distributed, rundir
 from pccore.assemble import DTYPES, assemble, autocast_dtype, preflight, resolve_device
 from pccore.checkpoint import (
     CheckpointError,
@@ -60,10 +58,11 @@ from pccore.checkpoint import (
     save_checkpoint,
 )
 from pccore.data import BatchFeeder, smoke_data
-from pccore.errors import DivergenceError, PccoreError, UsageError
-from pccore.files import OutputError, atomic_write_bytes, atomic_write_json, is_folder, make_folder
+from pccore.errors import DivergenceError, UsageError
+from pccore.files import atomic_write_json, make_folder
 from pccore.graphs import CapturedStep, check_cuda_graphs
 from pccore.optim import END_FACTOR, WarmupCosine, make_optimizer
+from pccore.rundir import load_run
 from pccore.splits import carve_validation, validation_seed
 from pccore.tensorboard import RunLogger
 
@@ -77,11 +76,6 @@ SMOKE_HIDDEN = 32
 """Largest hidden layer of a --smoke run (architectures with a `hidden` list or an integer `width`)."""
 SMOKE_DEPTH = 3
 """Largest integer `depth` (number of hidden layers) of a --smoke run."""
-RUN_INFO = "run.json"
-"""Marker file of a run directory: how the run was started (smoke or not; under torchrun the launch's id,
-under "launch"), read by --resume, and its status: "running", "finished", "interrupted" (Ctrl-C, SIGTERM),
-"failed" (with the error under "error") or "stopped" (by an epoch-end hook such as a tuner's pruner, with
-its reason under "reason")."""
 
 
 # --- entry points --------------------------------------------------------------------------------
@@ -141,25 +135,6 @@ def _launch(args: argparse.Namespace) -> int:
     return launch_local(args.nproc, argv)
 
 
-def load_run(run_dir: Path) -> tuple[Any, bool]:
-    """The recipe saved in an existing run directory and whether that run is a --smoke run."""
-    from pccore.recipe import load_recipe
-
-    run_dir = Path(run_dir)
-    recipe_path = run_dir / "recipe.toml"
-    if not recipe_path.is_file():
-        raise UsageError(
-            f"cannot resume {run_dir}: it has no recipe.toml, so it is not a pccore run directory "
-            "(give the folder that holds recipe.toml and the seed_<n> folders)."
-        )
-    info_path = run_dir / RUN_INFO
-    try:
-        info = json.loads(info_path.read_text()) if info_path.is_file() else {}
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot resume {run_dir}: {info_path} is unreadable ({err}).") from None
-    return load_recipe(recipe_path), bool(info.get("smoke", False))
-
-
 def train(
     recipe: Any,
     out_dir: Path | None = None,
@@ -206,11 +181,13 @@ def train(
                 "attempt must find the run directory of the failed one: give it with --out DIR (or continue a run "
                 "with --resume DIR)."
             ))
-        restarted = world.from_rank_zero(lambda: _made_by_this_launch(Path(out_dir), recipe, smoke, world.launch_id),
-                                         "looking for the run of a failed attempt")
+        restarted = world.from_rank_zero(
+            lambda: rundir.made_by_this_launch(Path(out_dir), recipe, smoke, world.launch_id),
+            "looking for the run of a failed attempt",
+        )
         resume = restarted
     if resume:
-        world.from_rank_zero(lambda: _check_run_dir(out_dir), "opening the run directory")
+        world.from_rank_zero(lambda: rundir.check_run_dir(out_dir), "opening the run directory")
         run_dir = Path(out_dir)
     seeds = _seeds(recipe) if only_seeds is None else _chosen_seeds(recipe, only_seeds, resume)
     dataset = registry.build("dataset", recipe.data.name, recipe.data.params)
@@ -226,10 +203,10 @@ def train(
         world.check_batches(recipe.data.batch_size, int(images.shape[0]), recipe.train.max_batches)
         preflight(recipe, spec, torch_device, registry, train_size=int(images.shape[0]), shards=world.size)
     if resume and only_seeds is None:
-        world.from_rank_zero(lambda: _update_run_info(run_dir, status="running", error=None, reason=None),
+        world.from_rank_zero(lambda: rundir.update_run_info(run_dir, status="running", error=None, reason=None),
                              "marking the run as running")
     elif not resume:
-        run_dir = world.from_rank_zero(lambda: _start_run(recipe, out_dir, smoke, world.launch_id),
+        run_dir = world.from_rank_zero(lambda: rundir.create_run(recipe, out_dir, smoke, world.launch_id),
                                        "making the run directory")
     context = _RunContext(
         recipe=recipe,
@@ -263,7 +240,7 @@ def train(
         if only_seeds is not None:
             return {"seeds": results}
         summary = aggregate(results)
-        summary = {"name": _run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device),
+        summary = {"name": rundir.run_name(recipe), "run_dir": str(run_dir), "device": str(torch_device),
                    "world_size": world.size, **summary}
         if context.stop_reason is not None:
             summary["stopped"] = context.stop_reason
@@ -271,13 +248,13 @@ def train(
     except (Exception, KeyboardInterrupt) as err:
         context.progress.abort()
         if only_seeds is None:
-            _record_failure(run_dir, err)
+            rundir.record_failure(run_dir, err)
         raise
     if context.stop_reason is not None:
-        world.from_rank_zero(lambda: _update_run_info(run_dir, status="stopped", reason=context.stop_reason),
+        world.from_rank_zero(lambda: rundir.update_run_info(run_dir, status="stopped", reason=context.stop_reason),
                              "marking the run as stopped")
     else:
-        world.from_rank_zero(lambda: _update_run_info(run_dir, status="finished", reason=None),
+        world.from_rank_zero(lambda: rundir.update_run_info(run_dir, status="finished", reason=None),
                              "marking the run as finished")
     context.progress.final(summary)
     return summary
@@ -352,125 +329,6 @@ def _chosen_seeds(recipe: Any, only_seeds: Sequence[int], resume: bool) -> list[
     if missing:
         raise UsageError(f"seeds {missing} are not among the run's seeds {_seeds(recipe)} (run.seeds)")
     return chosen
-
-
-def _run_name(recipe: Any) -> str:
-    """run.name, or the recipe file's stem, or "run"."""
-    if getattr(recipe.run, "name", None):
-        return str(recipe.run.name)
-    source = getattr(recipe, "source", None)
-    return Path(source).stem if source else "run"
-
-
-def start_run(recipe: Any, out_dir: Path) -> Path:
-    """Make the run directory `out_dir` for `recipe` (run.json, recipe.toml) without training anything, for
-    processes that then train its seeds (`pccore sweep`); UsageError when it holds a run already."""
-    return _start_run(recipe, Path(out_dir), smoke=False)
-
-
-def _made_by_this_launch(out_dir: Path, recipe: Any, smoke: bool, launch_id: str | None) -> bool:
-    """Whether `out_dir` holds a run that an earlier attempt of this torchrun launch started with this very
-    recipe (then this attempt is a restart and continues it); decided by rank 0, which owns the files."""
-    from pccore.recipe import recipe_to_toml
-
-    if launch_id is None:
-        return False
-    try:
-        info = json.loads((out_dir / RUN_INFO).read_text(encoding="utf-8"))
-        saved = (out_dir / "recipe.toml").read_text(encoding="utf-8")
-    except (OSError, ValueError):
-        return False
-    return info.get("launch") == launch_id and info.get("smoke") == smoke and saved == recipe_to_toml(recipe)
-
-
-def _check_run_dir(out_dir: Path | None) -> None:
-    """Refuse to resume from a run directory that does not exist."""
-    if out_dir is None or not Path(out_dir).is_dir():
-        raise UsageError(f"cannot resume: the run directory {out_dir} does not exist.")
-
-
-def _start_run(recipe: Any, out_dir: Path | None, smoke: bool, launch_id: str | None = None) -> Path:
-    """Make the run directory and write `run.json` (status "running"; the torchrun launch that started it,
-    if any) and `recipe.toml` into it; when that fails, remove what was made, so that no half-made run
-    directory is left behind."""
-    from pccore.recipe import recipe_to_toml
-
-    run_dir, created = _make_run_dir(recipe, out_dir, smoke)
-    info = {"smoke": smoke, "pccore_version": pccore.__version__, "status": "running"}
-    if launch_id is not None:
-        info["launch"] = launch_id
-    try:
-        atomic_write_json(run_dir / RUN_INFO, info)
-        atomic_write_bytes(run_dir / "recipe.toml", recipe_to_toml(recipe).encode("utf-8"))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            (run_dir / RUN_INFO).unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):
-                run_dir.rmdir()
-        raise
-    return run_dir
-
-
-def _make_run_dir(recipe: Any, out_dir: Path | None, smoke: bool) -> tuple[Path, bool]:
-    """`out_dir` exactly (it must not hold a run already), or the next free version_<N> folder; and
-    whether the folder was created here."""
-    if out_dir is not None:
-        out_dir = Path(out_dir)
-        existed = is_folder(out_dir, "the run directory (--out)")
-        if existed and (out_dir / "recipe.toml").exists():
-            raise UsageError(
-                f"{out_dir} already holds a run; continue it with --resume {out_dir}, "
-                "or choose another --out."
-            )
-        return make_folder(out_dir, "the run directory (--out)"), not existed
-    root = Path(recipe.run.out_dir)
-    if smoke:
-        root = root / "smoke"
-    parent = make_folder(root / _run_name(recipe), "the runs folder (run.out_dir)")
-    while True:
-        taken = [int(m.group(1)) for p in parent.iterdir() if (m := re.fullmatch(r"version_(\d+)", p.name))]
-        candidate = parent / f"version_{max(taken, default=-1) + 1}"
-        try:
-            candidate.mkdir()
-        except FileExistsError:
-            continue
-        except OSError as err:
-            raise OutputError(f"cannot create the run directory {candidate}: {err.strerror or err}") from None
-        return candidate, True
-
-
-def record_status(run_dir: Path, status: str, **details: Any) -> None:
-    """Set the status in a run directory's run.json, with details such as `error` (None removes a key),
-    for callers that train a run's seeds in their own processes (`pccore sweep`)."""
-    _update_run_info(Path(run_dir), status=status, **details)
-
-
-def _update_run_info(run_dir: Path, **changes: Any) -> None:
-    """Rewrite run.json with `changes` (a None value removes its key)."""
-    path = run_dir / RUN_INFO
-    try:
-        info = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        info = {}
-    info = {**info, **changes}
-    atomic_write_json(path, {k: v for k, v in info.items() if v is not None})
-
-
-@distributed.rank_zero_only
-def _record_failure(run_dir: Path, err: BaseException) -> None:
-    """Mark the run interrupted or failed in run.json (best effort: a full disk may refuse even that) and
-    say how to continue it where resuming can help."""
-    interrupted = isinstance(err, KeyboardInterrupt)
-    if interrupted:
-        status, error = "interrupted", None
-    else:
-        message = str(err) if isinstance(err, PccoreError) else f"{type(err).__name__}: {err}"
-        status, error = "failed", " ".join(message.split())
-    with contextlib.suppress(PccoreError, OSError):
-        _update_run_info(run_dir, status=status, error=error)
-    if interrupted or not isinstance(err, (UsageError, DivergenceError, CheckpointError)):
-        print(f"pccore: continue this run with: pccore run --resume {run_dir}", file=sys.stderr)
 
 
 # --- validation split and the epoch-end hook (tuners) -------------------------------------------
