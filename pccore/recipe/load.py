@@ -39,6 +39,12 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
         raise RecipeError(f"recipe file not found: {label}")
     if path.is_dir():
         raise RecipeError(f"{label}: is a directory, expected a TOML recipe file")
+    return parse_toml_file(path, label, "the recipe")
+
+
+def parse_toml_file(path: Path, label: str, what: str) -> dict[str, Any]:
+    """Read and parse the TOML file `path` (`what` it is, for messages), turning every way that fails into a
+    RecipeError naming `label`: unreadable, not UTF-8, or invalid TOML (a repeated key named with its line)."""
     try:
         text = path.read_bytes().decode("utf-8-sig")  # a byte-order mark (some editors write one) is skipped
         return tomllib.loads(text)
@@ -47,7 +53,7 @@ def _read_toml(path: Path, label: str) -> dict[str, Any]:
     except UnicodeDecodeError as err:
         raise RecipeError(f"{label}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
     except OSError as err:
-        raise RecipeError(f"{label}: cannot read the recipe: {err.strerror or err}") from None
+        raise RecipeError(f"{label}: cannot read {what}: {err.strerror or err}") from None
 
 
 def _origins_of(data: Mapping[str, Any], where: str) -> Origins:

@@ -11,7 +11,6 @@ integers; `log = true` or `step = ...` optional) or a choice list `{ choices = [
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -20,14 +19,10 @@ import attrs
 
 from pccore.errors import RecipeError, UsageError
 from pccore.recipe import Recipe, load_recipe
-from pccore.recipe.problems import Problems, one_line, structure, unknown
+from pccore.recipe.load import parse_toml_file
+from pccore.recipe.problems import Problems, structure, unknown
 from pccore.recipe.render import render_value
 from pccore.recipe.schema import COMPONENT_KINDS, expect
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised only on Python 3.10
-    import tomli as tomllib
 
 FIXED_KEYS = ("data.validation_fraction", "data.validation_seed")
 """Keys a study may set but not search: the split defines the objective, so every trial must share it."""
@@ -120,14 +115,7 @@ class Study:
 def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"study file not found: {path}" if not path.exists() else f"{path}: not a file")
-    try:
-        return tomllib.loads(path.read_bytes().decode("utf-8-sig"))
-    except tomllib.TOMLDecodeError as err:
-        raise RecipeError(f"{path}: invalid TOML: {one_line(str(err))}") from None
-    except UnicodeDecodeError as err:
-        raise RecipeError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start}); save it as UTF-8") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read the study file: {err.strerror or err}") from None
+    return parse_toml_file(path, str(path), "the study file")
 
 
 def _dotted_table(path: Path, table_name: str, table: Any, leaf_is_table: bool) -> dict[str, Any]:
