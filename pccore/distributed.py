@@ -273,23 +273,24 @@ class World:
 
     def average_(self, tensors: Sequence[torch.Tensor], what: str = "averaging statistics") -> None:
         """Replace every tensor by its mean over the ranks, in place, one all-reduce per dtype and device."""
-        if not self.distributed or not tensors:
-            return
-        for group in _by_kind(tensors):
-            flat = torch.cat([t.detach().reshape(-1) for t in group])
-            with self._talking(what):
-                dist.all_reduce(flat)
-            flat.div_(self.size)
-            _unflatten(flat, group)
+        self._flat_in_place(tensors, what, dist.all_reduce, divide_by=self.size)
 
     def broadcast_(self, tensors: Sequence[torch.Tensor], what: str = "copying rank 0's model") -> None:
         """Overwrite every tensor with rank 0's values, in place, one broadcast per dtype and device."""
+        self._flat_in_place(tensors, what, functools.partial(dist.broadcast, src=0))
+
+    def _flat_in_place(self, tensors: Sequence[torch.Tensor], what: str,
+                       collective: Callable[[torch.Tensor], Any], divide_by: int = 1) -> None:
+        """Run `collective` on the tensors flattened into one buffer per dtype and device (one call each,
+        not one per tensor), optionally divide, and copy the result back in place."""
         if not self.distributed or not tensors:
             return
         for group in _by_kind(tensors):
             flat = torch.cat([t.detach().reshape(-1) for t in group])
             with self._talking(what):
-                dist.broadcast(flat, src=0)
+                collective(flat)
+            if divide_by != 1:
+                flat.div_(divide_by)
             _unflatten(flat, group)
 
     def broadcast_module(self, module: nn.Module) -> None:
