@@ -46,13 +46,6 @@ def _stable(value):
     return value
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: these tiny models run ten times faster so on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _weights(run_dir: Path, name: str = "checkpoint.pt") -> dict[str, torch.Tensor]:

@@ -60,13 +60,8 @@ momentum = 0.1
 """
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Two threads on a shared two-core machine spend most of their time waiting for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# Two threads on a shared two-core machine spend most of their time waiting for each other.
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import re
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 import pccore
@@ -33,13 +32,6 @@ API = _section("Python API")
 EXAMPLE = re.search(r"```python\n(.*?)```", API, flags=re.DOTALL).group(1)
 
 
-@pytest.fixture
-def one_thread():
-    """One intra-op thread: the example's tiny model runs ten times faster so on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_the_example_is_short():
