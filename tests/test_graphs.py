@@ -28,10 +28,10 @@ from tests.engine_helpers import engine
 
 
 class FakeGraphs:
-    """Capture records the step without running it; replay runs it and writes into the captured outputs."""
+    """Capture records the step without running it; replay runs it and writes into the captured outputs
+    (sized at the first replay). Built like CudaGraphs, from a device, which it ignores."""
 
-    def __init__(self, layers: int, dtype: torch.dtype):
-        self.layers, self.dtype = layers, dtype
+    def __init__(self, device: torch.device | None = None):
         self.log: list[str] = []
 
     def warm_up(self, step):
@@ -40,15 +40,15 @@ class FakeGraphs:
 
     def capture(self, step):
         self.log.append("capture")
-        out = StepOutput(torch.zeros((), dtype=self.dtype), torch.zeros(self.layers, dtype=self.dtype))
+        out = StepOutput(torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64))
         return (step, out), out
 
     def replay(self, graph):
         self.log.append("replay")
         step, out = graph
         result = step()
-        out.loss.copy_(result.loss)
-        out.energy.copy_(result.energy)
+        out.loss.resize_as_(result.loss).copy_(result.loss)
+        out.energy.resize_as_(result.energy).copy_(result.energy)
 
 
 class Section:
@@ -79,7 +79,7 @@ def test_a_captured_run_equals_the_eager_run_step_for_step():
     blocks, eng, optimizer, schedule = _setup()
     twin_blocks, twin_eng, twin_opt, twin_schedule = _setup()
     twin_blocks.load_state_dict(blocks.state_dict())
-    graphs = FakeGraphs(3, torch.float64)
+    graphs = FakeGraphs()
     step = CapturedStep(eng, optimizer, graphs=graphs, warmup_steps=2)
     for x, y in _batches():
         out = step(x, y)
@@ -96,7 +96,7 @@ def test_a_captured_run_equals_the_eager_run_step_for_step():
 
 def test_replays_read_their_inputs_from_static_buffers_and_return_fresh_outputs():
     _, eng, optimizer, _ = _setup()
-    step = CapturedStep(eng, optimizer, graphs=FakeGraphs(3, torch.float64), warmup_steps=0)
+    step = CapturedStep(eng, optimizer, graphs=FakeGraphs(), warmup_steps=0)
     (x1, y1), (x2, y2) = _batches()[:2]
     first = step(x1, y1)
     static_x, static_y = step.static
@@ -109,7 +109,7 @@ def test_replays_read_their_inputs_from_static_buffers_and_return_fresh_outputs(
 
 def test_an_eager_batch_of_another_shape_keeps_the_captured_momentum_buffers():
     _, eng, optimizer, _ = _setup()
-    step = CapturedStep(eng, optimizer, graphs=FakeGraphs(3, torch.float64), warmup_steps=0)
+    step = CapturedStep(eng, optimizer, graphs=FakeGraphs(), warmup_steps=0)
     batches = _batches()
     step(*batches[0])
     captured = [b.data_ptr() for b in next(iter(eng._buffers.values()))]
@@ -176,25 +176,13 @@ def test_cuda_graphs_are_refused_off_cuda_and_with_compile():
 
 
 class _RecordingGraphs(FakeGraphs):
-    """FakeGraphs as the training loop builds it (from a device), the outputs sized at the first replay."""
+    """FakeGraphs that keeps every instance the training loop makes."""
 
     made: list[_RecordingGraphs] = []
 
     def __init__(self, device: torch.device):
-        super().__init__(0, torch.float64)
+        super().__init__(device)
         _RecordingGraphs.made.append(self)
-
-    def capture(self, step):
-        self.log.append("capture")
-        out = StepOutput(torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64))
-        return (step, out), out
-
-    def replay(self, graph):
-        self.log.append("replay")
-        step, out = graph
-        result = step()
-        out.loss.resize_as_(result.loss).copy_(result.loss)
-        out.energy.resize_as_(result.energy).copy_(result.energy)
 
 
 def test_pccore_run_replays_full_batches_and_trains_like_the_eager_run(tmp_path, monkeypatch):
