@@ -301,6 +301,15 @@ def test_a_bad_study_file_is_refused_before_any_trial_naming_the_key(tmp_path: P
     assert not out.exists()
 
 
+def test_a_study_file_with_a_repeated_key_names_it_with_its_line(tmp_path: Path, capsys) -> None:
+    study = write_study(tmp_path)
+    study.write_text("trials = 5\n" + study.read_text())  # the file's own `trials` is now on line 3
+    assert main(["tune", str(study), "--check"]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"pccore: error: {study}: invalid TOML: trials is defined twice (line 3)"
+    )
+
+
 def test_check_validates_a_study_and_runs_nothing(tmp_path: Path, capsys) -> None:
     study = write_study(tmp_path, fixed={"model.name": "mlp", "model.hidden": [8]},
                         space={"model.activation": {"choices": ["tanh", "relu"]}})
