@@ -99,9 +99,9 @@ def run_variant(variant: Variant, setup: Setup, device_name: str, steps: int, wa
     """Benchmark one row in this process: `pccore bench`'s report plus setup time and graph count."""
     import torch
 
-    from pccore.assemble import resolve_device
-    from pccore.bench import run_bench
-    from pccore.plugins import get_registry
+    from pccore.core.devices import resolve_device
+    from pccore.core.registry import get_registry
+    from pccore.inspect.bench import run_bench
     from pccore.recipe import load_recipe
 
     start = time.perf_counter()

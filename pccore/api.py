@@ -18,7 +18,7 @@ Two ways in:
 
 Components are looked up by name in the plugin registry (third-party components work the same way) and
 their parameters are checked with the recipe's rules and messages. Every problem raises a
-`pccore.errors.PccoreError` (UsageError/RecipeError for bad input) whose message says what to change.
+`pccore.core.errors.PccoreError` (UsageError/RecipeError for bad input) whose message says what to change.
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from pccore.components import PROTOCOLS
-from pccore.engine import PCEngine
-from pccore.errors import RecipeError, UsageError
+from pccore.core.components import PROTOCOLS
+from pccore.core.engine import PCEngine
+from pccore.core.errors import RecipeError, UsageError
 from pccore.recipe import Recipe, recipe_from_dict, recipe_to_dict
 from pccore.recipe import load_recipe as _load_recipe_file
 from pccore.recipe.load import parse_override_value
@@ -62,7 +62,7 @@ COMPONENT_ARGUMENTS: dict[str, str] = {
 def _registry(registry: Any) -> Any:
     if registry is not None:
         return registry
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
 
     return get_registry()
 
@@ -186,7 +186,7 @@ def train(
     `device` overrides `run.device`; `smoke` trains two batches of random data with a thin model;
     `quiet` silences the progress lines (printed to stdout otherwise).
     """
-    from pccore import training
+    from pccore.run import training
 
     registry = _registry(registry)
     resolved = load_recipe(recipe, overrides, registry=registry)
@@ -196,7 +196,7 @@ def train(
 
 def resume(run_dir: str | os.PathLike, *, device: str | None = None, quiet: bool = False) -> dict[str, Any]:
     """Continue an interrupted run from its checkpoints (as `pccore run --resume RUN_DIR`); the summary."""
-    from pccore import rundir, training
+    from pccore.run import rundir, training
 
     recipe, smoke = rundir.load_run(Path(run_dir))
     return training.train(recipe, Path(run_dir), device=device, smoke=smoke, resume=True, stream=_stream(quiet))
@@ -221,9 +221,10 @@ def load_engine(
     top-1) or "last" (checkpoint.pt). `device` defaults to the recipe's
     `run.device`. `engine.predict(x)` gives logits; `engine.model` holds the blocks.
     """
-    from pccore.assemble import assemble, resolve_device
-    from pccore.checkpoint import load_checkpoint
-    from pccore.rundir import load_run
+    from pccore.core.devices import resolve_device
+    from pccore.run.assemble import assemble
+    from pccore.run.checkpoint import load_checkpoint
+    from pccore.run.rundir import load_run
 
     files = {"best": "best.pt", "last": "checkpoint.pt"}
     if checkpoint not in files:
@@ -314,7 +315,7 @@ def make_engine(
         )
         for argument in given
     }
-    from pccore.assemble import compile_blocks, prepare_blocks
+    from pccore.run.assemble import compile_blocks, prepare_blocks
 
     norm_label = f"normalization '{recipe.normalization.name}'" if "normalization" in sections else (
         f"normalization {type(built['normalization']).__name__}")
@@ -377,7 +378,7 @@ def _check_object(argument: str, value: Any) -> Any:
 def precision_schedule(recipe: RecipeSource, overrides: Overrides = None, *, registry: Any = None) -> dict:
     """The precision table the recipe will use, as `pccore schedule --json` prints it: `layers`, `steps`,
     `inference` [t][l] and `learning` [l]. Draw it with `pccore.plot_schedule`."""
-    from pccore.diagnose import schedule_report
+    from pccore.inspect.diagnose import schedule_report
 
     registry = _registry(registry)
     return schedule_report(load_recipe(recipe, overrides, registry=registry), registry)
@@ -395,8 +396,8 @@ def diagnose_recipe(
     inference step (`energy` [t][l], batch mean) and the cosine of each layer's weight update to the
     backprop gradient (`cosine_to_bp` [l]). `smoke` uses random data shaped like the dataset. Draw it with
     `pccore.plot_diagnosis`; for your own engine and batch use `pccore.diagnose_batch(engine, x, y)`."""
-    from pccore.assemble import resolve_device
-    from pccore.diagnose import diagnose_report
+    from pccore.core.devices import resolve_device
+    from pccore.inspect.diagnose import diagnose_report
 
     registry = _registry(registry)
     resolved = load_recipe(recipe, overrides, registry=registry)
@@ -416,8 +417,8 @@ def benchmark(
     """Time training steps of the recipe against backprop on the same model and batch, as
     `pccore bench --json` reports it (`pc_step_s`, `bp_step_s`, `ratio`, `pc_peak_mb`, ...). On the CPU
     the peak memory is measured in two short-lived processes; `memory=False` skips that."""
-    from pccore.assemble import resolve_device
-    from pccore.bench import check_counts, run_bench
+    from pccore.core.devices import resolve_device
+    from pccore.inspect.bench import check_counts, run_bench
 
     check_counts(steps, warmup)
     registry = _registry(registry)
@@ -443,7 +444,7 @@ def search_study(
     """Run a study file with Optuna as `pccore tune STUDY` does and return its summary (`best_value`,
     `best_params`, `best_trial`, the counts and every trial); `best.toml` and `summary.json` are written into
     `out` (default `run.out_dir/<study name>`). Calling it again continues the study."""
-    from pccore.tune.command import search
+    from pccore.experiments.tune.command import search
 
     return search(study, trials=trials, workers=workers, devices=devices, storage=storage, out=out,
                   progress=_stream(quiet))
@@ -463,7 +464,7 @@ def sweep_recipes(
     """Train every recipe for every seed (`"0-4"`, `"0,1,2"`) as `pccore sweep` does, each (recipe, seed)
     in its own process, into `out/<run name>/`; returns `ok`, and each run directory with what became of
     each seed."""
-    from pccore import sweep
+    from pccore.experiments import sweep
 
     return sweep.sweep_recipes(recipes, out=out, seeds=seeds, workers=workers, devices=devices,
                                overrides=_as_set_arguments(overrides), timeout=timeout, progress=_stream(quiet))
@@ -473,7 +474,7 @@ def report_runs(runs: Sequence[str | os.PathLike], *, by: str = "method") -> dic
     """Run directories (or folders holding them) as `pccore report --json` gives them: the rows, columns
     and cells (n, mean and population std of the best test top-1 and, with a validation split, of the
     validation numbers). Draw top-1 against depth with `pccore.plot_depth`."""
-    from pccore.report import build_report
+    from pccore.experiments.report import build_report
 
     return build_report(runs, by)
 

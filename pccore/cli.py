@@ -11,7 +11,7 @@ import threading
 import traceback
 from collections.abc import Callable, Sequence
 
-from pccore.tune import DEFAULT_GRACE_PERIOD
+from pccore.experiments.tune import DEFAULT_GRACE_PERIOD
 
 EPILOG = """\
 examples:
@@ -229,7 +229,7 @@ def _add_report(subs) -> None:
 
 def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "run":
-        from pccore.training import run_command
+        from pccore.run.command import run_command
 
         return run_command(args)
     if args.command == "recipe":
@@ -239,27 +239,27 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
         return recipe_command(args)
     if args.command == "plugins":
-        from pccore.plugins import plugins_command
+        from pccore.core.registry import plugins_command
 
         return plugins_command(args)
     if args.command in ("schedule", "diagnose"):
-        from pccore import diagnose
+        from pccore.inspect import diagnose
 
         return diagnose.schedule_command(args) if args.command == "schedule" else diagnose.diagnose_command(args)
     if args.command == "bench":
-        from pccore.bench import bench_command
+        from pccore.inspect.bench import bench_command
 
         return bench_command(args)
     if args.command == "tune":
-        from pccore.tune.command import tune_command
+        from pccore.experiments.tune.command import tune_command
 
         return tune_command(args)
     if args.command == "sweep":
-        from pccore.sweep import sweep_command
+        from pccore.experiments.sweep import sweep_command
 
         return sweep_command(args)
     if args.command == "report":
-        from pccore.report import report_command
+        from pccore.experiments.report import report_command
 
         return report_command(args)
     parser.print_help()
@@ -268,18 +268,18 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """The `pccore` command. Every command runs inside one guard: no exception reaches the user as a raw
-    traceback unless --debug or PCCORE_DEBUG=1 asks for it (see `pccore.failures`)."""
+    traceback unless --debug or PCCORE_DEBUG=1 asks for it (see `pccore.core.failures`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:
-        from pccore import __version__
+        from pccore.core.version import __version__
 
         print(f"pccore {__version__}")
         return 0
     if args.strict_plugins:
         os.environ["PCCORE_STRICT_PLUGINS"] = "1"
-    from pccore.failures import debug_from_env, describe_failure
+    from pccore.core.failures import debug_from_env, describe_failure
 
     debug = args.debug or debug_from_env()
     restore_sigterm = _sigterm_interrupts()
@@ -309,10 +309,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _reported_elsewhere(err: BaseException) -> bool:
-    """Whether rank 0 of a data-parallel run reports `err` for this process (see pccore.distributed)."""
+    """Whether rank 0 of a data-parallel run reports `err` for this process (see pccore.parallel.distributed)."""
     if "RANK" not in os.environ:
         return False
-    from pccore.distributed import quiet_here
+    from pccore.parallel.distributed import quiet_here
 
     return quiet_here(err)
 
@@ -321,7 +321,7 @@ def _with_rank(message: str) -> str:
     """`message` with the rank of a process started by torchrun: "pccore (rank 3): error: ..."."""
     if "RANK" not in os.environ:
         return message
-    from pccore.distributed import rank_label
+    from pccore.parallel.distributed import rank_label
 
     label = rank_label()
     return message.replace("pccore:", f"pccore{label}:", 1) if label and message.startswith("pccore:") else message

@@ -13,8 +13,7 @@ import math
 import attrs
 from torch import nn
 
-from pccore import Component, hookimpl
-from pccore.components import NormalizationPolicy
+from pccore.plugin import Component, NormalizationPolicy, hookimpl
 from pccore_plugins.activations import ACTIVATIONS, ActivationName
 from pccore_plugins.resmlp import ResMLP, ResMLPParams
 from pccore_plugins.resnet import NamedResNetParams, ResNet, ResNetParams

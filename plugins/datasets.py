@@ -1,6 +1,6 @@
 """Built-in datasets: synthetic, scikit-learn digits, CIFAR-10/100 and Tiny ImageNet.
 
-Every dataset loads whole into memory as tensors (`pccore.components.ImageData`); the core's batch
+Every dataset loads whole into memory as tensors (`pccore.core.components.ImageData`); the core's batch
 feeder normalises and augments on the device. Heavy imports (torchvision, scikit-learn, PIL) happen in
 `load()`, so listing plugins stays fast.
 """
@@ -20,9 +20,7 @@ import attrs
 import numpy as np
 import torch
 
-from pccore import Component, hookimpl
-from pccore.components import Augmentation, DataSpec, ImageData
-from pccore.errors import DatasetUnavailable, UsageError
+from pccore.plugin import Augmentation, Component, DatasetUnavailable, DataSpec, ImageData, UsageError, hookimpl
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pccore import Component, hookimpl
-from pccore.components import NoParams, Phase
-from pccore.distributed import current, differentiable_sum
+from pccore.plugin import Component, NoParams, Phase, current_replicas, hookimpl
 
 
 class _Freezable:
@@ -38,7 +36,7 @@ class _Freezable:
     sync: bool = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.training and self.sync and x.device.type != "meta" and current().distributed:
+        if self.training and self.sync and x.device.type != "meta" and current_replicas().distributed:
             self._check_input_dim(x)
             return _synchronised_batch_norm(self, x)
         if self.training and not self.update_stats:
@@ -55,7 +53,7 @@ def _synchronised_batch_norm(layer: nn.modules.batchnorm._BatchNorm, x: torch.Te
     Chan's combination. Autograd runs through the all-reduce, so gradients reach every process's inputs as
     in one process. The running statistics are updated (unbiased variance) when `layer.update_stats`.
     """
-    world = current()
+    world = current_replicas()
     channels = x.shape[1]
     dims = [0, *range(2, x.dim())]
     shape = [1, channels] + [1] * (x.dim() - 2)
@@ -67,7 +65,7 @@ def _synchronised_batch_norm(layer: nn.modules.batchnorm._BatchNorm, x: torch.Te
     row = torch.cat([mean.new_full((1,), float(count)), mean, squares])
     own = torch.zeros(world.size, 1, dtype=row.dtype, device=row.device)
     own[world.rank] = 1.0
-    table = differentiable_sum(own * row)
+    table = world.differentiable_sum(own * row)
     counts, means, all_squares = table[:, :1], table[:, 1 : channels + 1], table[:, channels + 1 :]
     total = counts.sum()
     global_mean = (counts * means).sum(0) / total

@@ -7,8 +7,7 @@ from typing import Literal
 import attrs
 import torch
 
-from pccore import Component, hookimpl
-from pccore.components import NoParams
+from pccore.plugin import Component, NoParams, hookimpl
 
 _unit = [attrs.validators.gt(0), attrs.validators.le(1)]
 

@@ -13,8 +13,7 @@ from typing import Literal
 import attrs
 import torch
 
-from pccore import Component, hookimpl
-from pccore.components import PrecisionTable
+from pccore.plugin import Component, PrecisionTable, hookimpl
 
 LearningRow = Literal["ones", "table"]
 _positive = attrs.validators.gt(0)

@@ -29,7 +29,7 @@ import attrs
 import torch
 from torch import nn
 
-from pccore.components import NormalizationPolicy
+from pccore.plugin import NormalizationPolicy
 from pccore_plugins.activations import ACTIVATIONS, ActivationName
 
 Parameterization = Literal["mupc", "standard"]

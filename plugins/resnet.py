@@ -23,7 +23,7 @@ import attrs
 import torch
 from torch import nn
 
-from pccore.components import InferenceSettings, NormalizationPolicy
+from pccore.plugin import InferenceSettings, NormalizationPolicy
 from pccore_plugins.activations import ACTIVATIONS, ActivationName
 
 STAGE_CHANNELS = (64, 128, 256, 512)

@@ -10,8 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from pccore import Component, hookimpl
-from pccore.components import LearningBatch, NoParams
+from pccore.plugin import Component, LearningBatch, NoParams, hookimpl
 
 
 def _weighted_layer_sum(b: LearningBatch, prediction: Callable[[int], torch.Tensor]) -> torch.Tensor:

@@ -20,10 +20,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from pccore import distributed, training
 from pccore.cli import main as pccore_main
-from pccore.errors import DivergenceError, PccoreError, UsageError
+from pccore.core.errors import DivergenceError, PccoreError, UsageError
+from pccore.parallel import distributed
 from pccore.recipe import load_recipe
+from pccore.run import seeds, training
 from pccore_plugins.normalization import FreezableBatchNorm2d
 
 
@@ -38,23 +39,23 @@ def command(*argv: str) -> dict[str, Any]:
 def train_capturing(recipe_path: Path, out: Path) -> list[Any]:
     """Train a recipe in `out` and return the assemblies it built (one per seed), for their rank-local state."""
     built: list[Any] = []
-    real = training.assemble
+    real = seeds.assemble
 
     def capture(*args: Any, **kwargs: Any) -> Any:
         built.append(real(*args, **kwargs))
         return built[-1]
 
-    training.assemble = capture
+    seeds.assemble = capture
     try:
         training.train(load_recipe(recipe_path), out)
     finally:
-        training.assemble = real
+        seeds.assemble = real
     return built
 
 
 def diverge_on_rank_one(recipe_path: Path, out: Path, world: distributed.World) -> dict[str, Any]:
     """Rank 1 alone sees a non-finite loss in the second batch; every rank must stop with the same message."""
-    real = training.assemble
+    real = seeds.assemble
 
     def poisoned(*args: Any, **kwargs: Any) -> Any:
         asm = real(*args, **kwargs)
@@ -71,13 +72,13 @@ def diverge_on_rank_one(recipe_path: Path, out: Path, world: distributed.World) 
         asm.engine.train_step = train_step
         return asm
 
-    training.assemble = poisoned
+    seeds.assemble = poisoned
     try:
         training.train(load_recipe(recipe_path), out)
     except DivergenceError as err:
         return {"message": str(err), "shared": bool(getattr(err, "pccore_shared", False))}
     finally:
-        training.assemble = real
+        seeds.assemble = real
     return {"message": None}
 
 

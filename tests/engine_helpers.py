@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pccore.components import NoParams, PrecisionTable
-from pccore.engine import PCEngine
+from pccore.core.components import NoParams, PrecisionTable
+from pccore.core.engine import PCEngine
 from pccore_plugins.normalization import NoNormalization
 from pccore_plugins.nudging import Clamp
 

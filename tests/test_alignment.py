@@ -4,9 +4,9 @@ points along the backprop gradient of the output loss; standard PC with the same
 import pytest
 import torch
 
-from pccore.components import NoParams
-from pccore.diagnose import diagnose_batch
-from pccore.engine import PCEngine
+from pccore.core.components import NoParams
+from pccore.core.engine import PCEngine
+from pccore.inspect.diagnose import diagnose_batch
 from pccore_plugins.architectures import MLP, VGG, MLPParams, VGGParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
 from pccore_plugins.nudging import Clamp

@@ -16,16 +16,16 @@ import torch
 from torch import nn
 
 import pccore
-from pccore import training
-from pccore.checkpoint import load_checkpoint
 from pccore.cli import main
-from pccore.components import NoParams, PrecisionTable
-from pccore.data import BatchFeeder
-from pccore.engine import PCEngine
-from pccore.errors import RecipeError, UsageError
-from pccore.plugins import Registry, get_registry
+from pccore.core.components import NoParams, PrecisionTable
+from pccore.core.engine import PCEngine
+from pccore.core.errors import RecipeError, UsageError
+from pccore.core.registry import Registry, get_registry
 from pccore.recipe import load_recipe as load_recipe_file
 from pccore.recipe import recipe_from_dict, recipe_to_dict
+from pccore.run.checkpoint import load_checkpoint
+from pccore.run.data import BatchFeeder
+from pccore.run.evaluation import evaluate
 from pccore_plugins import architectures, datasets, normalization, nudging, precision, update
 from pccore_plugins.normalization import FreezableBatchNorm1d, FrozenBatchNorm
 from pccore_plugins.nudging import Clamp
@@ -84,11 +84,11 @@ def test_train_from_python_matches_the_command_line(tmp_path, capsys, one_thread
     resolved = pccore.load_recipe(api_dir / "recipe.toml")
     data = get_registry().build("dataset", resolved.data.name, resolved.data.params).load()
     feeder = BatchFeeder(data, train=False, batch_size=512, device=torch.device("cpu"))
-    top1, _ = training.evaluate(engine, feeder.epoch(0, 0), 5)
+    top1, _ = evaluate(engine, feeder.epoch(0, 0), 5)
     assert top1 == summary["seeds"][0]["best_top1"]
     last = pccore.load_engine(api_dir, checkpoint="last", device="cpu")
     assert _same_weights(last.model.state_dict(), _weights(api_dir))
-    assert training.evaluate(last, feeder.epoch(0, 0), 5)[0] == summary["seeds"][0]["final_top1"]
+    assert evaluate(last, feeder.epoch(0, 0), 5)[0] == summary["seeds"][0]["final_top1"]
 
     # resuming a finished run skips every seed and reports the same summary
     assert _stable(pccore.resume(api_dir, quiet=True)) == _stable(summary)

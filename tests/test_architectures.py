@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pccore.components import NoParams
+from pccore.core.components import NoParams
 from pccore_plugins.architectures import MLP, VGG, MLPParams, VGGParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
 

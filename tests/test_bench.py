@@ -14,11 +14,11 @@ import attrs
 import pytest
 import torch
 
-from pccore import bench
 from pccore.cli import main
-from pccore.diagnose import first_batch
-from pccore.errors import PccoreError, UsageError
-from pccore.plugins import get_registry
+from pccore.core.errors import PccoreError, UsageError
+from pccore.core.registry import get_registry
+from pccore.inspect import bench
+from pccore.inspect.diagnose import first_batch
 from pccore.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -7,13 +7,13 @@ from pathlib import Path
 import torch
 from torch._dynamo.eval_frame import OptimizedModule
 
-from pccore import training
-from pccore.assemble import assemble
-from pccore.checkpoint import load_checkpoint
 from pccore.cli import main
-from pccore.components import DataSpec, NoParams
-from pccore.data import BatchFeeder
+from pccore.core.components import DataSpec, NoParams
 from pccore.recipe import load_recipe
+from pccore.run import seeds
+from pccore.run.assemble import assemble
+from pccore.run.checkpoint import load_checkpoint
+from pccore.run.data import BatchFeeder
 from pccore_plugins.precision import Spiking, SpikingParams
 from pccore_plugins.update import ForwardUpdate, StandardUpdate
 from tests.engine_helpers import engine, tanh_mlp
@@ -47,14 +47,14 @@ def test_a_compiled_run_trains_checkpoints_and_resumes_through_assemble(tmp_path
     ends where the eager run does."""
     torch._dynamo.reset()
     engines = []
-    real_assemble = training.assemble
+    real_assemble = seeds.assemble
 
     def recording(*args, **kwargs):
         asm = real_assemble(*args, **kwargs)
         engines.append(asm.engine)
         return asm
 
-    monkeypatch.setattr(training, "assemble", recording)
+    monkeypatch.setattr(seeds, "assemble", recording)
     common = {"epochs": 2, "max_batches": 2, "tensorboard": False, "model_hidden": [16]}
     eager_recipe = write_recipe(tmp_path, **common)
     assert main(["run", str(eager_recipe), "--out", str(tmp_path / "eager")]) == 0
@@ -75,7 +75,7 @@ def test_a_compiled_run_trains_checkpoints_and_resumes_through_assemble(tmp_path
     _interrupt(monkeypatch, seed=0, epoch=1)
     cut = tmp_path / "cut"
     assert main(["run", str(recipe), "--out", str(cut)]) == 130
-    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
     assert main(["run", "--resume", str(cut)]) == 0
     assert all(isinstance(b, OptimizedModule) for b in engines[-1].blocks)
     resumed = load_checkpoint(cut / "seed_0" / "checkpoint.pt")["model"]

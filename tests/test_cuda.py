@@ -8,8 +8,8 @@ import copy
 import pytest
 import torch
 
-from pccore.components import NoParams
-from pccore.engine import PCEngine
+from pccore.core.components import NoParams
+from pccore.core.engine import PCEngine
 from pccore_plugins.architectures import VGG, VGGParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Clamp
@@ -138,8 +138,8 @@ def _graph_run(captured: bool, steps: int = 7):
     """A VGG5 (width 1/8, BatchNorm Freezing) trained S+F with center nudging resampled per batch and
     dividing the update by the signed beta, and the warmup-cosine schedule: full batches and one partial
     batch, captured or eager. The weights after `steps` batches."""
-    from pccore.graphs import CapturedStep
-    from pccore.optim import WarmupCosine, make_optimizer
+    from pccore.core.optim import WarmupCosine, make_optimizer
+    from pccore.run.graphs import CapturedStep
     from pccore_plugins.nudging import Center, CenterParams
 
     torch.backends.cudnn.deterministic = True
@@ -182,8 +182,8 @@ def test_a_captured_run_trains_like_an_eager_one():
 
 @needs_cuda
 def test_a_replay_does_not_synchronise_with_the_host():
-    from pccore.graphs import CapturedStep
-    from pccore.optim import make_optimizer
+    from pccore.core.optim import make_optimizer
+    from pccore.run.graphs import CapturedStep
 
     blocks = _blocks()
     engine = _engine(blocks)

@@ -6,10 +6,10 @@ import attrs
 import pytest
 import torch
 
-from pccore import data as feed
-from pccore.components import Augmentation, DataSpec, ImageData
-from pccore.data import BatchFeeder, smoke_data
-from pccore.errors import PluginError, UsageError
+from pccore.core.components import Augmentation, DataSpec, ImageData
+from pccore.core.errors import PluginError, UsageError
+from pccore.run import data as feed
+from pccore.run.data import BatchFeeder, smoke_data
 
 CPU = torch.device("cpu")
 

@@ -17,8 +17,8 @@ import torchvision.datasets.cifar
 import torchvision.datasets.utils
 from PIL import Image
 
-from pccore.components import Augmentation, Dataset, DataSpec, ImageData
-from pccore.errors import DatasetUnavailable
+from pccore.core.components import Augmentation, Dataset, DataSpec, ImageData
+from pccore.core.errors import DatasetUnavailable
 from pccore_plugins import datasets as ds
 
 # --- registration --------------------------------------------------------------------------------

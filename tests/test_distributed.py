@@ -23,14 +23,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccore import distributed, training
-from pccore.checkpoint import load_checkpoint
 from pccore.cli import main
-from pccore.components import Augmentation, ImageData
-from pccore.data import BatchFeeder
-from pccore.distributed import PeerFailed, launch_environment, shard_bounds, timeout_seconds
-from pccore.errors import PccoreError, UsageError
-from pccore.launch import _failure_status
+from pccore.core.components import Augmentation, ImageData
+from pccore.core.errors import PccoreError, UsageError
+from pccore.parallel import distributed
+from pccore.parallel.distributed import PeerFailed, launch_environment, shard_bounds, timeout_seconds
+from pccore.parallel.launch import _failure_status
+from pccore.run import seeds
+from pccore.run.checkpoint import load_checkpoint
+from pccore.run.data import BatchFeeder
 from pccore_plugins.normalization import FreezableBatchNorm2d
 from tests.test_training import write_recipe
 
@@ -140,7 +141,7 @@ def worker(tmp_path_factory, long_run) -> SimpleNamespace:
     }.items():
         _recipe(recipes / name, **changes).rename(recipes / f"{name}.toml")
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(training, "BatchFeeder", _StopInSecondEpoch)
+        patch.setattr(seeds, "BatchFeeder", _StopInSecondEpoch)
         assert main(["run", str(long_run.recipe), "--out", str(root / "cut")]) == 130
     assert load_checkpoint(root / "cut" / "seed_0" / "checkpoint.pt")["state"]["epochs_done"] == 1
     start = time.perf_counter()
@@ -536,11 +537,11 @@ def test_errors_shared_by_every_rank_are_reported_by_rank_zero(monkeypatch) -> N
 
 
 def test_nproc_starts_the_same_command_in_every_process(tmp_path: Path, monkeypatch) -> None:
-    import pccore.launch
+    import pccore.parallel.launch
 
     recipe = _recipe(tmp_path)
     started = []
-    monkeypatch.setattr(pccore.launch, "launch_local", lambda nproc, argv: started.append((nproc, argv)) or 0)
+    monkeypatch.setattr(pccore.parallel.launch, "launch_local", lambda nproc, argv: started.append((nproc, argv)) or 0)
     assert main(["run", str(recipe), "--set", "train.epochs=1", "--device", "cpu", "--out", "o", "--smoke",
                  "--nproc", "3"]) == 0
     assert main(["run", "--resume", str(tmp_path / "missing"), "--nproc", "2"]) == 2  # checked before starting

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import pccore
-from pccore import hookspecs
-from pccore.components import KINDS, OPTIONAL_MEMBERS, PROTOCOLS, DataSpec, ImageData, PrecisionTable
-from pccore.plugins import Registry
+from pccore.core import hookspecs
+from pccore.core.components import KINDS, OPTIONAL_MEMBERS, PROTOCOLS, DataSpec, ImageData, PrecisionTable
+from pccore.core.registry import Registry
 
 GUIDE_PATH = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"
 GUIDE = GUIDE_PATH.read_text()

@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pccore.assemble import assemble
-from pccore.components import DataSpec, NoParams
+from pccore.core.components import DataSpec, NoParams
 from pccore.recipe import recipe_from_dict
+from pccore.run.assemble import assemble
 from pccore_plugins.normalization import BatchNorm, BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Center, CenterParams, Nudge, NudgeParams
 from pccore_plugins.precision import Spiking, SpikingParams

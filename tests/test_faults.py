@@ -21,11 +21,12 @@ from pathlib import Path
 
 import pytest
 
-import pccore.limits
-from pccore import plugins, training
-from pccore.checkpoint import load_checkpoint
+import pccore.core.limits
 from pccore.cli import main
-from pccore.plugins import reset_registry
+from pccore.core import registry as plugins
+from pccore.core.registry import reset_registry
+from pccore.run import training
+from pccore.run.checkpoint import load_checkpoint
 from tests.fakedist import make_dist
 from tests.test_training import write_recipe
 
@@ -367,7 +368,7 @@ def test_sizes_beyond_what_torch_indexes_are_refused_before_any_allocation(
 
 
 def test_a_model_larger_than_the_free_memory_is_refused(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(pccore.limits, "available_memory", lambda device: 2**20)
+    monkeypatch.setattr(pccore.core.limits, "available_memory", lambda device: 2**20)
     code, _, err = run_cli(capsys, "run", write_recipe(tmp_path), "--set", "model.hidden=[512, 512]",
                            "--out", tmp_path / "out")
     assert code == 2
@@ -429,7 +430,7 @@ FACTORY_RAISES = """
 
 METHOD_RAISES = """
     import pccore
-    from pccore.components import NoParams
+    from pccore.core.components import NoParams
 
 
     def _check_batch(calls):
@@ -462,7 +463,7 @@ BLOCK_RAISES = """
     from torch import nn
 
     import pccore
-    from pccore.components import NoParams
+    from pccore.core.components import NoParams
 
 
     class Glitch(nn.Module):
@@ -565,7 +566,7 @@ def test_a_block_an_architecture_built_that_raises_mid_run_names_the_architectur
 def test_the_guard_finds_the_component_without_wrapping_the_training_step(fake_dist):
     """The hot loop calls a built component directly: the registry hands out the plugin's own object."""
     fake_dist("pccore-flaky", "flaky_nudging", METHOD_RAISES)
-    from pccore.components import NoParams
+    from pccore.core.components import NoParams
 
     built = plugins.get_registry().build("nudging", "flaky", NoParams())
     assert type(built).__module__ == "flaky_nudging"

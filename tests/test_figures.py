@@ -14,10 +14,10 @@ import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from pccore import figures
 from pccore.cli import main
-from pccore.errors import MissingDependency, UsageError
-from pccore.figures import plot_diagnosis, plot_schedule, save_png
+from pccore.core.errors import MissingDependency, UsageError
+from pccore.inspect import figures
+from pccore.inspect.figures import plot_diagnosis, plot_schedule, save_png
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -177,12 +177,12 @@ def test_an_unwritable_folder_is_refused(tmp_path, monkeypatch):
 def test_a_failed_write_keeps_the_previous_figure(tmp_path, monkeypatch):
     path = tmp_path / "fig.png"
     path.write_bytes(b"old")
-    import pccore.checkpoint
+    import pccore.run.checkpoint
 
     def full(target, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(pccore.checkpoint, "atomic_write_bytes", full)
+    monkeypatch.setattr(pccore.run.checkpoint, "atomic_write_bytes", full)
     with pytest.raises(UsageError, match="cannot write the figure: No space left on device"):
         save_png(plot_diagnosis(REPORT), path)
     assert path.read_bytes() == b"old"

@@ -14,11 +14,11 @@ import copy
 import pytest
 import torch
 
-from pccore.components import NoParams
-from pccore.engine import StepOutput
-from pccore.errors import UsageError
-from pccore.graphs import CapturedStep, check_cuda_graphs
-from pccore.optim import WarmupCosine, make_optimizer
+from pccore.core.components import NoParams
+from pccore.core.engine import StepOutput
+from pccore.core.errors import UsageError
+from pccore.core.optim import WarmupCosine, make_optimizer
+from pccore.run.graphs import CapturedStep, check_cuda_graphs
 from pccore_plugins.architectures import MLP, MLPParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm
 from pccore_plugins.nudging import Center, CenterParams
@@ -189,10 +189,10 @@ def test_pccore_run_replays_full_batches_and_trains_like_the_eager_run(tmp_path,
     """`run.cuda_graphs = true` in `pccore run`: the loop steps through CapturedStep (warm-up, capture, replays,
     the last partial batch of every epoch eager), and the run (BatchNorm Freezing, center nudging drawn per
     batch, the cosine schedule) ends with the eager run's weights, up to the fused AdamW's rounding."""
-    import pccore.graphs
-    import pccore.training
-    from pccore.checkpoint import load_checkpoint
+    import pccore.run.graphs
+    import pccore.run.training
     from pccore.cli import main
+    from pccore.run.checkpoint import load_checkpoint
     from tests.test_training import write_recipe
 
     recipe = write_recipe(
@@ -200,8 +200,8 @@ def test_pccore_run_replays_full_batches_and_trains_like_the_eager_run(tmp_path,
         nudging={"name": "center", "beta": 0.5, "resample": "batch"},
     )
     assert main(["run", str(recipe), "--out", str(tmp_path / "eager")]) == 0
-    monkeypatch.setattr(pccore.training, "check_cuda_graphs", lambda *args: None)  # the CPU stands in for CUDA
-    monkeypatch.setattr(pccore.graphs, "CudaGraphs", _RecordingGraphs)
+    monkeypatch.setattr(pccore.run.training, "check_cuda_graphs", lambda *args: None)  # the CPU stands in for CUDA
+    monkeypatch.setattr(pccore.run.graphs, "CudaGraphs", _RecordingGraphs)
     _RecordingGraphs.made = []
     assert main(["run", str(recipe), "--out", str(tmp_path / "captured"), "--set", "run.cuda_graphs=true"]) == 0
 

@@ -11,11 +11,11 @@ import torch
 from torch import nn
 
 from pccore import Component, hookimpl
-from pccore.assemble import assemble, prepare_blocks
-from pccore.components import DataSpec, NoParams
-from pccore.errors import UsageError
-from pccore.plugins import Registry
+from pccore.core.components import DataSpec, NoParams
+from pccore.core.errors import UsageError
+from pccore.core.registry import Registry
 from pccore.recipe import recipe_from_dict
+from pccore.run.assemble import assemble, prepare_blocks
 from pccore_plugins import architectures, datasets, normalization, nudging, precision, update
 from pccore_plugins.normalization import (
     BatchNormParams,

@@ -7,8 +7,8 @@ import types
 import pytest
 import torch
 
-from pccore.errors import UsageError
-from pccore.optim import WarmupCosine, make_optimizer
+from pccore.core.errors import UsageError
+from pccore.core.optim import WarmupCosine, make_optimizer
 
 
 def _section(lr: float = 2e-3, weight_decay: float = 0.0) -> types.SimpleNamespace:

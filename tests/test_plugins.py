@@ -16,11 +16,11 @@ import pytest
 import torch
 
 import pccore
-from pccore import plugins
 from pccore.cli import main
-from pccore.components import KINDS, Component, PrecisionTable
-from pccore.errors import PluginError, UsageError
-from pccore.plugins import PluginFailure, PluginInfo, Registry, get_registry, load_registry, reset_registry
+from pccore.core import registry as plugins
+from pccore.core.components import KINDS, Component, PrecisionTable
+from pccore.core.errors import PluginError, UsageError
+from pccore.core.registry import PluginFailure, PluginInfo, Registry, get_registry, load_registry, reset_registry
 from tests.fakedist import make_dist
 
 REPO = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ EXAMPLE = REPO / "examples" / "pccore-example-schedule"
 GOOD = """
     import attrs, torch
     import pccore
-    from pccore.components import PrecisionTable
+    from pccore.core.components import PrecisionTable
 
     @attrs.define(frozen=True)
     class FlatParams:
@@ -404,7 +404,7 @@ def test_build_checks_the_component_interface():
 
 
 def test_every_kind_has_a_hook():
-    from pccore import hookspecs
+    from pccore.core import hookspecs
 
     specs = sorted(n for n, f in vars(hookspecs).items() if hasattr(f, "pccore_spec"))
     assert specs == sorted(f"pccore_register_{kind}" for kind in KINDS)

@@ -100,8 +100,8 @@ def test_the_torchrun_commands_start_pccore_run_on_a_shipped_recipe():
 
 def test_the_expected_allreduce_traffic_is_that_of_the_models():
     """The table's parameter counts and bytes, from the architectures built on the meta device."""
-    from pccore.distributed import ring_allreduce_bytes
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
+    from pccore.parallel.distributed import ring_allreduce_bytes
 
     registry = get_registry()
     n = r"([\d.]+)"

@@ -16,10 +16,10 @@ from typing import Literal
 import attrs
 import pytest
 
-import pccore.plugins
+import pccore.core.registry
 from pccore.cli import main
-from pccore.components import Component, NoParams
-from pccore.errors import UsageError
+from pccore.core.components import Component, NoParams
+from pccore.core.errors import UsageError
 from pccore.recipe import (
     COMPONENT_KINDS,
     ComponentSection,
@@ -734,7 +734,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
 @pytest.fixture
 def fake_registry(monkeypatch):
     """Make the CLI (which takes no registry argument) use FAKE."""
-    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.core.registry, "get_registry", lambda: FAKE)
     return FAKE
 
 
@@ -769,7 +769,7 @@ def test_recipe_show_prints_the_resolved_toml(tmp_path, capsys, fake_registry):
 
 
 def test_builtin_components_load_from_a_recipe(tmp_path):
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
 
     registry = get_registry()
     path = write(

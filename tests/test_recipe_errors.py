@@ -12,26 +12,26 @@ from pathlib import Path
 import attrs
 import pytest
 
-import pccore.plugins
+import pccore.core.registry
 from pccore.cli import main
-from pccore.components import Component
-from pccore.errors import PluginError, RecipeError
+from pccore.core.components import Component
+from pccore.core.errors import PluginError, RecipeError
 from pccore.recipe import load_recipe, recipe_from_dict
 from tests.test_recipe import FAKE, FAKE_TABLE, FakeRegistry, write
 
-_BUILTIN_REGISTRY = pccore.plugins.get_registry
+_BUILTIN_REGISTRY = pccore.core.registry.get_registry
 
 
 @pytest.fixture(autouse=True)
 def fake_registry(monkeypatch):
     """The CLI takes no registry argument: make it use the fake one."""
-    monkeypatch.setattr(pccore.plugins, "get_registry", lambda: FAKE)
+    monkeypatch.setattr(pccore.core.registry, "get_registry", lambda: FAKE)
 
 
 @pytest.fixture
 def builtin_registry(monkeypatch):
     """The real registry, with the built-in plugins, instead of the fake one."""
-    monkeypatch.setattr(pccore.plugins, "get_registry", _BUILTIN_REGISTRY)
+    monkeypatch.setattr(pccore.core.registry, "get_registry", _BUILTIN_REGISTRY)
 
 
 def fail(capsys, *argv: str | Path) -> str:

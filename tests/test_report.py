@@ -12,8 +12,8 @@ import pytest
 
 import pccore
 from pccore.cli import main
+from pccore.experiments.report import build_report
 from pccore.recipe import load_recipe, recipe_to_toml
-from pccore.report import build_report
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from pccore.cli import main
-from pccore.components import NoParams
+from pccore.core.components import NoParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
 from pccore_plugins.resmlp import ResMLP, ResMLPParams
 

@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pccore.components import InferenceSettings, NoParams, PrecisionTable
-from pccore.engine import PCEngine
+from pccore.core.components import InferenceSettings, NoParams, PrecisionTable
+from pccore.core.engine import PCEngine
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm, NoNormalization
 from pccore_plugins.nudging import Clamp
 from pccore_plugins.resnet import (

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 import torch
 
-from pccore import training
-from pccore.checkpoint import (
+from pccore.cli import main
+from pccore.run import seeds
+from pccore.run.checkpoint import (
     CheckpointError,
     capture_rng_state,
     load_checkpoint,
     restore_rng_state,
     save_checkpoint,
 )
-from pccore.cli import main
-from pccore.data import BatchFeeder
-from pccore.files import OutputError, atomic_write_bytes
+from pccore.run.data import BatchFeeder
+from pccore.run.files import OutputError, atomic_write_bytes
 from tests.test_training import write_recipe
 
 # --- checkpoint files ----------------------------------------------------------------------------
@@ -113,7 +113,7 @@ class _Interrupt(BatchFeeder):
 
 
 def _interrupt(monkeypatch, seed: int, epoch: int) -> None:
-    monkeypatch.setattr(training, "BatchFeeder", _Interrupt)
+    monkeypatch.setattr(seeds, "BatchFeeder", _Interrupt)
     monkeypatch.setattr(_Interrupt, "seed", seed)
     monkeypatch.setattr(_Interrupt, "at", epoch)
 
@@ -144,7 +144,7 @@ def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch, c
     assert load_checkpoint(cut / "seed_0" / "checkpoint.pt")["state"]["epochs_done"] == 1
     assert json.loads((cut / "run.json").read_text())["status"] == "interrupted"
 
-    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
     assert main(["run", "--resume", str(cut)]) == 0
     assert "seed 0: resuming after epoch 1" in capsys.readouterr().out
     assert json.loads((cut / "run.json").read_text())["status"] == "finished"
@@ -166,7 +166,7 @@ def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> N
     random augmentation would) draws, after a resume, exactly the numbers an uninterrupted run draws at
     that point; without the restore they would repeat the first epoch's."""
     draws: list[tuple[float, float, float]] = []
-    real_assemble = training.assemble
+    real_assemble = seeds.assemble
 
     def assemble(*args, **kwargs):
         asm = real_assemble(*args, **kwargs)
@@ -179,7 +179,7 @@ def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> N
         asm.engine.train_step = drawing_step
         return asm
 
-    monkeypatch.setattr(training, "assemble", assemble)
+    monkeypatch.setattr(seeds, "assemble", assemble)
     recipe = write_recipe(tmp_path, epochs=3, max_batches=2, tensorboard=False)
     assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
     whole = list(draws)
@@ -193,7 +193,7 @@ def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> N
     assert main(["run", str(recipe), "--out", str(cut)]) == 130
     assert draws == whole[:3]  # two batches of epoch 1, one of epoch 2, then the interruption
     draws.clear()
-    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
     assert main(["run", "--resume", str(cut)]) == 0
     assert draws == whole[2:]  # epochs 2 and 3 again, from the generator states saved after epoch 1
 
@@ -207,15 +207,15 @@ def test_resume_skips_finished_seeds(tmp_path: Path, monkeypatch, capsys) -> Non
     assert "summary.json" in finished
     assert not (out / "seed_1" / "checkpoint.pt").exists()
 
-    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
     trained: list[int] = []
-    real_run = training._SeedLoop.run
+    real_run = seeds.SeedLoop.run
 
     def counting_run(self, checkpoint_path, best_path):
         trained.append(self.seed)
         return real_run(self, checkpoint_path, best_path)
 
-    monkeypatch.setattr(training._SeedLoop, "run", counting_run)
+    monkeypatch.setattr(seeds.SeedLoop, "run", counting_run)
     capsys.readouterr()
     assert main(["run", "--resume", str(out)]) == 0
     assert trained == [1]

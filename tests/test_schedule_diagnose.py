@@ -67,10 +67,10 @@ def _output_energy_by_hand(recipe_path):
     the recipe's first seed), evaluated by a plain forward pass with BatchNorm on the batch's statistics."""
     import torch
 
-    from pccore.assemble import assemble
-    from pccore.diagnose import first_batch
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
+    from pccore.inspect.diagnose import first_batch
     from pccore.recipe import load_recipe
+    from pccore.run.assemble import assemble
 
     registry = get_registry()
     loaded = load_recipe(recipe_path, ["run.dtype='float64'"], registry=registry)

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pccore.components import NoParams, PrecisionTable
+from pccore.core.components import NoParams, PrecisionTable
 from pccore_plugins.architectures import MLP, MLPParams
 from pccore_plugins.normalization import BatchNormParams, FrozenBatchNorm
 from pccore_plugins.precision import Spiking, SpikingParams
@@ -183,7 +183,7 @@ def test_a_pure_spike_step_points_along_the_backprop_gradient():
     """With nothing but the spike, S+F on a tanh MLP gives each layer's update the direction of the
     backprop gradient (cosine 1 to 1e-9, no momentum, se output): each spike leaves (1 - lr_x) of the
     backprop error in its layer and hands lr_x of it down. (At lr_x = 1 it would hand all of it on.)"""
-    from pccore.diagnose import diagnose_batch
+    from pccore.inspect.diagnose import diagnose_batch
 
     blocks = tanh_mlp([6, 8, 8, 8, 3])
     eng = engine(blocks, Spiking(SpikingParams(base=0.0)).table(4, 4), FWD, lr=0.5, num_classes=3)
@@ -194,10 +194,10 @@ def test_a_pure_spike_step_points_along_the_backprop_gradient():
 def test_recipes_and_the_api_carry_skip_below_to_the_engine(tmp_path):
     """inference.skip_below reaches the engine from a recipe and from make_engine, and is checked."""
     import pccore
-    from pccore.assemble import assemble
     from pccore.cli import main
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
     from pccore.recipe import load_recipe
+    from pccore.run.assemble import assemble
 
     recipe_path = Path(__file__).resolve().parents[1] / "recipes" / "quickstart.toml"
     registry = get_registry()

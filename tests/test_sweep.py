@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pccore.cli import main
-from pccore.errors import UsageError
+from pccore.core.errors import UsageError
+from pccore.experiments.sweep import parse_seeds
 from pccore.recipe import load_recipe
-from pccore.sweep import parse_seeds
 from tests.test_training import write_recipe
 
 pytestmark = pytest.mark.timeout(180)

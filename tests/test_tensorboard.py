@@ -10,11 +10,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 
-from pccore import training
 from pccore.cli import main
-from pccore.components import PrecisionTable
-from pccore.data import BatchFeeder
-from pccore.tensorboard import energy_tag, precision_image, precision_markdown
+from pccore.core.components import PrecisionTable
+from pccore.run import seeds
+from pccore.run.data import BatchFeeder
+from pccore.run.tensorboard import energy_tag, precision_image, precision_markdown
 from tests.test_training import write_recipe
 
 
@@ -83,7 +83,7 @@ def test_precision_markdown_lists_every_value() -> None:
 def _record_steps(monkeypatch) -> list[tuple[float, list[float]]]:
     """(loss, per-layer energies) of every training step the engine returns, in order."""
     steps: list[tuple[float, list[float]]] = []
-    real_assemble = training.assemble
+    real_assemble = seeds.assemble
 
     def assemble(*args, **kwargs):
         asm = real_assemble(*args, **kwargs)
@@ -97,7 +97,7 @@ def _record_steps(monkeypatch) -> list[tuple[float, list[float]]]:
         asm.engine.train_step = recording
         return asm
 
-    monkeypatch.setattr(training, "assemble", assemble)
+    monkeypatch.setattr(seeds, "assemble", assemble)
     return steps
 
 
@@ -174,11 +174,11 @@ class _StopInSecondEpoch(BatchFeeder):
 def test_resumed_run_hides_the_events_of_the_interrupted_epoch(tmp_path: Path, monkeypatch) -> None:
     recipe = write_recipe(tmp_path, epochs=2, max_batches=3, every=1)
     out = tmp_path / "o"
-    monkeypatch.setattr(training, "BatchFeeder", _StopInSecondEpoch)
+    monkeypatch.setattr(seeds, "BatchFeeder", _StopInSecondEpoch)
     assert main(["run", str(recipe), "--out", str(out)]) == 130
     # the interrupted epoch logged steps 4 and 5 before stopping
     assert [e.step for e in _accumulator(out / "seed_0").Scalars("train/loss")] == [1, 2, 3, 4, 5]
-    monkeypatch.setattr(training, "BatchFeeder", BatchFeeder)
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
     assert main(["run", "--resume", str(out)]) == 0
     acc = _accumulator(out / "seed_0")
     assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3, 4, 5, 6]

@@ -5,17 +5,19 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from pccore import training
-from pccore.checkpoint import load_checkpoint
 from pccore.cli import main
-from pccore.errors import DivergenceError, UsageError
-from pccore.training import Progress, aggregate, evaluate
+from pccore.core.errors import DivergenceError, UsageError
+from pccore.run import seeds, smoke, training
+from pccore.run.checkpoint import load_checkpoint
+from pccore.run.evaluation import aggregate, evaluate
+from pccore.run.progress import Progress
 
 SEED_KEYS = {
     "seed", "best_top1", "best_top5", "best_epoch", "final_top1", "final_top5", "epochs", "wall_s", "device",
@@ -176,14 +178,14 @@ def test_no_checkpoints_when_turned_off(tmp_path: Path) -> None:
 def test_two_seeds_population_std(tmp_path: Path, monkeypatch) -> None:
     scores = {0: [(0.5, 0.75)], 1: [(0.7, 0.85)]}
     current: list[int] = []
-    real_seed = training._train_seed
+    real_seed = training.train_seed
 
     def remember(ctx, seed, resume):
         current[:] = [seed]
         return real_seed(ctx, seed, resume)
 
-    monkeypatch.setattr(training, "_train_seed", remember)
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: scores[current[0]][0])
+    monkeypatch.setattr(training, "train_seed", remember)
+    monkeypatch.setattr(seeds, "evaluate", lambda engine, batches, k, world=None: scores[current[0]][0])
     recipe = write_recipe(tmp_path, seeds=[0, 1], epochs=1, max_batches=1, tensorboard=False)
     assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 0
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
@@ -250,9 +252,9 @@ def test_aggregate_uses_population_std() -> None:
 def test_smoke_thins_the_architecture() -> None:
     from pccore_plugins.architectures import MLPParams, VGGParams
 
-    assert training._thin_params(VGGParams(width=1.0)).width == 0.0625
-    assert training._thin_params(VGGParams(width=0.03)).width == 0.03
-    assert training._thin_params(MLPParams(hidden=[128, 16])).hidden == [32, 16]
+    assert smoke._thin_params(VGGParams(width=1.0)).width == 0.0625
+    assert smoke._thin_params(VGGParams(width=0.03)).width == 0.03
+    assert smoke._thin_params(MLPParams(hidden=[128, 16])).hidden == [32, 16]
 
 
 # --- the learning-rate schedule as the loop drives it ---------------------------------------------
@@ -272,7 +274,7 @@ def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatc
     """A real run of 4 epochs x 5 batches with a 3-epoch schedule (15 steps, 20% = 3 of warmup): the rate
     each AdamW step actually used, against the formula; the first step uses the warmup's first rate (lr)."""
     used: list[float] = []
-    real = training.make_optimizer
+    real = seeds.make_optimizer
 
     def recording(params, section, **options):
         optimizer = real(params, section, **options)
@@ -285,7 +287,7 @@ def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatc
         optimizer.step = recorded_step
         return optimizer
 
-    monkeypatch.setattr(training, "make_optimizer", recording)
+    monkeypatch.setattr(seeds, "make_optimizer", recording)
     lr = 1e-2
     recipe = write_recipe(tmp_path, epochs=4, max_batches=5, every=5, tensorboard=False, log_checkpoints=False,
                           optimizer={"lr": lr, "weight_decay": 1e-4, "warmup": 0.2, "schedule_epochs": 3})
@@ -320,8 +322,8 @@ def test_smoke_thins_an_integer_width_and_depth() -> None:
         depth: int = 128
         flag: bool = True
 
-    assert training._thin_params(Units()) == Units(width=32, depth=3)
-    assert training._thin_params(Units(width=16, depth=2)) == Units(width=16, depth=2)
+    assert smoke._thin_params(Units()) == Units(width=32, depth=3)
+    assert smoke._thin_params(Units(width=16, depth=2)) == Units(width=16, depth=2)
 
 
 # --- early stopping ------------------------------------------------------------------------------
@@ -329,7 +331,7 @@ def test_smoke_thins_an_integer_width_and_depth() -> None:
 
 def test_early_stopping_after_patience_epochs_without_improvement(tmp_path: Path, monkeypatch) -> None:
     script = iter([(0.5, 0.9), (0.6, 0.8), (0.6, 0.95), (0.55, 0.9), (0.9, 1.0)])
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: next(script))
+    monkeypatch.setattr(seeds, "evaluate", lambda engine, batches, k, world=None: next(script))
     recipe = write_recipe(tmp_path, epochs=10, patience=2, max_batches=1, tensorboard=False)
     out = tmp_path / "o"
     assert _run([str(recipe), "--out", str(out)]) == 0
@@ -362,28 +364,50 @@ def test_plain_log_lines_when_not_a_terminal(tmp_path: Path, capsys) -> None:
     assert lines[-1].startswith("top-1 ")
 
 
-def test_terminal_progress_redraws_one_line() -> None:
+def _screen(text: str) -> list[str]:
+    """What a terminal shows after `text`: each line's last carriage-return segment, escape codes removed."""
+    plain = re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", text)
+    return [line.split("\r")[-1].rstrip() for line in plain.split("\n")]
+
+
+def test_terminal_progress_draws_a_bar_and_replaces_it_with_the_epoch_line() -> None:
     stream = io.StringIO()
     progress = Progress(stream, tty=True)
     progress.log_point(0, 1, 3, 2, 4, 0.25, 1e-3, 100.0)
-    progress.tick(0, 1, 3, 3, 4, 100.0)  # within REFRESH_S of the last draw: not drawn
+    drawn = stream.getvalue()
+    assert "\r" in drawn and "seed 0 epoch 1/3" in drawn and " 2/4 " in drawn and "loss 0.25" in drawn
+    progress.tick(0, 1, 3, 3, 4, 100.0)
+    progress.note("a note")  # above the bar, which stays
     state = training.SeedState(epochs_done=1, best_top1=0.5, best_epoch=1)
     progress.epoch_end(0, 1, 3, 0.25, 0.5, 0.75, state, 1.5)
-    text = stream.getvalue()
-    assert text.startswith("\r\x1b[2Kseed 0 epoch 1/3 [##########..........] 2/4 loss 0.25 ")
-    assert text.count("\n") == 1 and text.endswith("\n")
-    assert "\r\x1b[2Kseed 0 epoch 1/3 loss 0.25 top1 0.5000 top5 0.7500 best 0.5000 (epoch 1) 1.5s\n" in text
+    screen = [line for line in _screen(stream.getvalue()) if line]
+    # the bar is gone: what remains is the note and the epoch line, each once
+    assert screen == ["a note", "seed 0 epoch 1/3 loss 0.25 top1 0.5000 top5 0.7500 best 0.5000 (epoch 1) 1.5s"]
+
+
+def test_plain_progress_writes_no_control_characters() -> None:
+    stream = io.StringIO()
+    progress = Progress(stream, tty=False)
+    progress.tick(0, 1, 3, 1, 4, 100.0)
+    progress.log_point(0, 1, 3, 2, 4, 0.25, 1e-3, 100.0)
+    progress.note("a note")
+    progress.epoch_end(0, 1, 3, 0.25, 0.5, 0.75, training.SeedState(epochs_done=1, best_top1=0.5, best_epoch=1), 1.5)
+    assert stream.getvalue() == (
+        "seed 0 epoch 1/3 batch 2/4 loss 0.25 lr 0.001 100 samples/s\n"
+        "a note\n"
+        "seed 0 epoch 1/3 loss 0.25 top1 0.5000 top5 0.7500 best 0.5000 (epoch 1) 1.5s\n"
+    )
 
 
 def test_results_are_read_only_at_log_points(tmp_path: Path, monkeypatch) -> None:
     reads: list[int] = []
-    real = training._SeedLoop._read
+    real = seeds.SeedLoop._read
 
     def counting(self, window, epoch, last_batch, checkpoint_path):
         reads.append(len(window))
         return real(self, window, epoch, last_batch, checkpoint_path)
 
-    monkeypatch.setattr(training._SeedLoop, "_read", counting)
+    monkeypatch.setattr(seeds.SeedLoop, "_read", counting)
     recipe = write_recipe(tmp_path, epochs=1, max_batches=5, every=2, tensorboard=False)
     assert _run([str(recipe), "--out", str(tmp_path / "o")]) == 0
     assert reads == [2, 2, 1]  # batches 2 and 4, then the rest at the end of the epoch
@@ -394,7 +418,7 @@ def test_results_are_read_only_at_log_points(tmp_path: Path, monkeypatch) -> Non
 
 def _poison(monkeypatch, epoch: int, batch: int, layer: int, per_epoch: int) -> None:
     """Make the engine report a NaN energy of `layer` at one batch of one epoch (all 1-based)."""
-    real_assemble = training.assemble
+    real_assemble = seeds.assemble
 
     def assemble(*args, **kwargs):
         asm = real_assemble(*args, **kwargs)
@@ -413,7 +437,7 @@ def _poison(monkeypatch, epoch: int, batch: int, layer: int, per_epoch: int) -> 
         asm.engine.train_step = train_step
         return asm
 
-    monkeypatch.setattr(training, "assemble", assemble)
+    monkeypatch.setattr(seeds, "assemble", assemble)
 
 
 def test_divergence_stops_with_epoch_batch_and_layer(tmp_path: Path, monkeypatch, capsys) -> None:

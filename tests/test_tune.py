@@ -19,9 +19,9 @@ import pytest
 
 import pccore
 from pccore.cli import main
+from pccore.experiments.tune.storage import HEARTBEAT_ATTR, JOURNAL_PREFIX
+from pccore.experiments.tune.worker import FAILURES_IN_A_ROW, Worker
 from pccore.recipe import load_recipe
-from pccore.tune.storage import HEARTBEAT_ATTR, JOURNAL_PREFIX
-from pccore.tune.worker import FAILURES_IN_A_ROW, Worker
 from tests.test_training import _toml, write_recipe
 
 pytestmark = pytest.mark.timeout(180)
@@ -236,8 +236,8 @@ class _Trial:
 
 
 def test_the_first_seed_reports_validation_top1_each_epoch_and_the_pruner_stops_the_run(tmp_path: Path) -> None:
-    from pccore.training import EpochReport
-    from pccore.tune.study import read_study
+    from pccore.experiments.tune.study import read_study
+    from pccore.run.training import EpochReport
 
     study = read_study(write_study(tmp_path, pruner="median"))
     recipe = load_recipe(write_recipe(tmp_path, seeds=[3, 4]))
@@ -397,7 +397,7 @@ def test_devices_are_checked_before_anything_runs(tmp_path: Path, devices: str, 
 
 
 def test_workers_share_the_cores_and_take_devices_round_robin(monkeypatch) -> None:
-    from pccore import processes
+    from pccore.parallel import processes
 
     monkeypatch.setattr(processes.os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     assert [processes.threads_per_worker(n) for n in (1, 2, 3, 8, 16)] == [8, 4, 2, 1, 1]

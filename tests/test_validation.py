@@ -14,13 +14,13 @@ import torch
 from sklearn.datasets import load_digits
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from pccore import training
-from pccore.checkpoint import load_checkpoint
 from pccore.cli import main
-from pccore.components import ImageData
-from pccore.errors import UsageError
+from pccore.core.components import ImageData
+from pccore.core.errors import UsageError
 from pccore.recipe import load_recipe
-from pccore.splits import carve_validation, split_indices, validation_seed
+from pccore.run import seeds, training
+from pccore.run.checkpoint import load_checkpoint
+from pccore.run.splits import carve_validation, split_indices, validation_seed
 from tests.test_training import write_recipe
 
 # --- the split -----------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def test_early_stopping_and_best_pt_follow_validation_top1(tmp_path: Path, monke
     # validation top-1 peaks at epoch 2, so with patience 2 the run stops after epoch 4
     script = iter([(0.5, 0.9), (0.70, 0.9), (0.6, 0.9), (0.80, 0.9), (0.7, 0.9), (0.75, 0.9), (0.8, 0.9),
                    (0.80, 0.9), (0.9, 0.9), (0.99, 0.9)])
-    monkeypatch.setattr(training, "evaluate", lambda engine, batches, k, world=None: next(script))
+    monkeypatch.setattr(seeds, "evaluate", lambda engine, batches, k, world=None: next(script))
     recipe = write_recipe(tmp_path, epochs=10, patience=2, max_batches=1, tensorboard=False,
                           data_validation_fraction=0.2)
     out = tmp_path / "o"

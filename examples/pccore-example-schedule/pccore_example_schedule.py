@@ -12,8 +12,7 @@ import math
 import attrs
 import torch
 
-import pccore
-from pccore.components import PrecisionTable
+from pccore.plugin import Component, PrecisionTable, hookimpl
 
 
 def _finite(instance: object, attribute: attrs.Attribute, value: float) -> None:
@@ -45,11 +44,11 @@ class LinearRamp:
         return PrecisionTable(inference=inference, learning=torch.ones(layers, dtype=torch.float64))
 
 
-@pccore.hookimpl
-def pccore_register_precision() -> list[pccore.Component]:
+@hookimpl
+def pccore_register_precision() -> list[Component]:
     """Register `linear_ramp`."""
     return [
-        pccore.Component(
+        Component(
             "linear_ramp",
             LinearRamp,
             LinearRampParams,

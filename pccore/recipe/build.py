@@ -10,7 +10,7 @@ from typing import Any
 
 import attrs
 
-from pccore.errors import PluginError, RecipeError, UsageError
+from pccore.core.errors import PluginError, RecipeError, UsageError
 from pccore.recipe.problems import Problems, structure, unknown
 from pccore.recipe.render import render_value
 from pccore.recipe.schema import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pccore.errors import UsageError
+from pccore.core.errors import UsageError
 from pccore.recipe.load import load_recipe
 from pccore.recipe.render import recipe_to_toml, render_value
 from pccore.recipe.schema import COMPONENT_KINDS

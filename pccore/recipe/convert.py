@@ -22,7 +22,7 @@ import attrs
 import cattrs
 from cattrs.errors import BaseValidationError, IterableValidationError, IterableValidationNote
 
-from pccore.limits import FLOAT32_MAX, INDEX_LIMIT
+from pccore.core.limits import FLOAT32_MAX, INDEX_LIMIT
 from pccore.recipe.render import render_value
 
 

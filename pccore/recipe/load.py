@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pccore.errors import RecipeError, UsageError
+from pccore.core.errors import RecipeError, UsageError
 from pccore.recipe.build import Origins, build_recipe
 from pccore.recipe.problems import one_line, unknown
 from pccore.recipe.render import render_value

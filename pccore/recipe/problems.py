@@ -16,7 +16,7 @@ from cattrs.errors import (
     IterableValidationNote,
 )
 
-from pccore.errors import RecipeError
+from pccore.core.errors import RecipeError
 from pccore.recipe.convert import CONVERTER, Mismatch
 from pccore.recipe.render import render_value
 from pccore.recipe.schema import ComponentSection, OutOfRange

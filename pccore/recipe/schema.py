@@ -14,7 +14,7 @@ from typing import Any, Literal, Protocol
 
 import attrs
 
-from pccore.components import Component
+from pccore.core.components import Component
 
 
 class ComponentRegistry(Protocol):
@@ -69,7 +69,7 @@ class RunSection:
     compile: bool = False
     channels_last: bool = False
     cuda_graphs: bool = False
-    """Replay each full-batch training step as a CUDA graph (`pccore.graphs`); CUDA only."""
+    """Replay each full-batch training step as a CUDA graph (`pccore.run.graphs`); CUDA only."""
 
 
 @attrs.frozen
@@ -83,7 +83,7 @@ class ComponentSection:
 @attrs.frozen
 class DataSection(ComponentSection):
     """The dataset component plus the batch sizes the core uses to iterate it and the validation split
-    (`pccore.splits`): `validation_fraction` of each class's training images held out, chosen with
+    (`pccore.run.splits`): `validation_fraction` of each class's training images held out, chosen with
     `validation_seed` (unset: the dataset's own `split_seed` parameter, or 0)."""
 
     batch_size: int = attrs.field(default=128, validator=expect(lambda v: v >= 1, "an integer >= 1"))
@@ -212,6 +212,6 @@ def param_names(component: Component) -> list[str]:
 
 def default_registry() -> ComponentRegistry:
     """The process-wide plugin registry (what the command line uses)."""
-    from pccore.plugins import get_registry
+    from pccore.core.registry import get_registry
 
     return get_registry()
