@@ -99,9 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
                   "  pccore recipe check recipes/quickstart.toml\n"
                   "  pccore recipe show recipes/quickstart.toml --set inference.steps=9\n")
     recipe_subs = recipe.add_subparsers(dest="recipe_command", metavar="ACTION")
-    check = _sub(recipe_subs, "check", "validate a recipe and its components",
-                 "  pccore recipe check recipes/quickstart.toml\n")
+    check = _sub(recipe_subs, "check",
+                 "validate a recipe and its components; report its model's layers L and parameter count",
+                 "  pccore recipe check recipes/quickstart.toml\n"
+                 "  pccore recipe check recipes/vgg15_tinyimagenet_sf_bf.toml --set model.name=\"vgg19\" --json\n")
     _add_recipe_args(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
     show = _sub(recipe_subs, "show", "print the resolved recipe (defaults filled in) as TOML",
                 "  pccore recipe show recipes/quickstart.toml > resolved.toml\n")
     _add_recipe_args(show)

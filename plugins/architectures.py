@@ -1,5 +1,6 @@
-"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15), a small MLP, ResNets
-(`pccore_plugins.resnet`) and muPC's residual MLP (`pccore_plugins.resmlp`).
+"""Architectures: the VGG family of the paper (VGG5, VGG7, VGG10, VGG15) and of its published code
+(VGG9, VGG11, VGG13, VGG19), a small MLP, ResNets (`pccore_plugins.resnet`) and muPC's residual MLP
+(`pccore_plugins.resmlp`).
 
 A VGG is a layout list turned into blocks by one function. Each layout entry is one block
 `conv3x3 -> [norm] -> activation -> [maxpool 2x2/2]`: `(channels, pool, padding)`. The head is one
@@ -29,6 +30,23 @@ LAYOUTS: dict[str, tuple[list[tuple], int | None]] = {
          (512,), (512,), (512, M), (512,), (512,), (512, M)],
         4096,
     ),
+    # The published code's `VGG_types` (BEYOND.md C). Its "E" ends the conv list without a pool; VGG19 has
+    # no trailing hidden width, so it is 16 conv blocks and one linear block: L = 17.
+    "vgg9": ([(64, M), (128,), (128, M), (256,), (256, M), (512,), (512, M), (512,)], None),
+    "vgg11": (
+        [(64,), (128,), (128, M), (128,), (256, M), (256,), (256, M), (256,), (512, M), (512,)],
+        None,
+    ),
+    "vgg13": (
+        [(128,), (128,), (128, M), (128,), (256, M), (256,), (256, M), (256,), (512, M),
+         (512,), (512, M), (512,)],
+        None,
+    ),
+    "vgg19": (
+        [(64,), (64, M), (128,), (128, M), (256,), (256,), (256,), (256, M),
+         (512,), (512,), (512,), (512, M), (512,), (512,), (512,), (512, M)],
+        None,
+    ),
 }
 
 
@@ -38,6 +56,30 @@ def _scaled(features: int, width: float) -> int:
 
 def _block(layers: list[nn.Module | None]) -> nn.Sequential:
     return nn.Sequential(*[m for m in layers if m is not None])
+
+
+def _side_after(entry: tuple, side: int) -> int:
+    """The height (or width) of a block's output map, given that of its input; below 1 when too small."""
+    padding = 0 if P0 in entry else 1
+    side = side + 2 * padding - 2
+    return side // 2 if M in entry and side >= 1 else side
+
+
+def smallest_side(layout: str) -> int:
+    """The smallest image height (and width) the layout accepts: every block's map keeps at least 1 pixel."""
+    convs, _ = LAYOUTS[layout]
+
+    def fits(side: int) -> bool:
+        for entry in convs:
+            side = _side_after(entry, side)
+            if side < 1:
+                return False
+        return True
+
+    side = 1
+    while not fits(side):
+        side += 1
+    return side
 
 
 @attrs.define(frozen=True)
@@ -61,17 +103,19 @@ class VGG:
         channels, height, width = input_shape
         blocks: list[nn.Module] = []
         for entry in convs:
+            height, width = _side_after(entry, height), _side_after(entry, width)
+            if height < 1 or width < 1:
+                side = smallest_side(self.layout)
+                raise ValueError(
+                    f"{self.layout}: input {'x'.join(map(str, input_shape))} is too small for its layout; "
+                    f"the smallest image it accepts is {side}x{side} (height and width at least {side})"
+                )
             out = _scaled(entry[0], self.params.width)
             padding = 0 if P0 in entry else 1
             pool = nn.MaxPool2d(2, 2) if M in entry else None
             conv = nn.Conv2d(channels, out, 3, padding=padding)
             blocks.append(_block([conv, norm.layer(out, 2), act(), pool]))
             channels = out
-            height, width = height + 2 * padding - 2, width + 2 * padding - 2
-            if pool is not None:
-                height, width = height // 2, width // 2
-            if height < 1 or width < 1:
-                raise ValueError(f"{self.layout}: input {tuple(input_shape)} is too small for its layout")
         features = channels * height * width
         if hidden is not None:
             units = _scaled(hidden, self.params.width)
@@ -112,6 +156,12 @@ class MLP:
         return blocks
 
 
+def vgg_blocks(layout: str) -> int:
+    """L, the number of blocks of a VGG layout: its convs, then one linear block (two with a hidden width)."""
+    convs, hidden = LAYOUTS[layout]
+    return len(convs) + (1 if hidden is None else 2)
+
+
 def _vgg(layout: str):
     def factory(params: VGGParams) -> VGG:
         return VGG(layout, params)
@@ -137,10 +187,15 @@ def _resnet(params: ResNetParams) -> ResNet:
 
 @hookimpl
 def pccore_register_architecture():
-    described = {"vgg5": 5, "vgg7": 7, "vgg10": 10, "vgg15": 15}
+    paper = ("vgg5", "vgg7", "vgg10", "vgg15")
+    published_code = ("vgg9", "vgg11", "vgg13", "vgg19")
     return [
-        *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {n} blocks", label=name.upper())
-          for name, n in described.items()),
+        *(Component(name, _vgg(name), VGGParams, f"the paper's VGG with {vgg_blocks(name)} blocks",
+                    label=name.upper())
+          for name in paper),
+        *(Component(name, _vgg(name), VGGParams,
+                    f"the published code's {name.upper()} layout, {vgg_blocks(name)} blocks", label=name.upper())
+          for name in published_code),
         Component("mlp", MLP, MLPParams, "fully connected blocks of the given hidden widths", label="MLP"),
         *(Component(name, _named_resnet(name), NamedResNetParams,
                     f"ResNet with {sum(stages)} basic blocks; aux = true gives each skip auxiliary neurons",

@@ -417,7 +417,7 @@ def test_builtin_components_come_from_the_pccore_distribution():
         "update": {"standard", "forward", "backprop"},
         "normalization": {"none", "batchnorm", "frozen"},
         "nudging": {"clamp", "nudge", "center"},
-        "architecture": {"vgg5", "vgg7", "vgg10", "vgg15", "mlp"},
+        "architecture": {"vgg5", "vgg7", "vgg9", "vgg10", "vgg11", "vgg13", "vgg15", "vgg19", "mlp"},
         "dataset": {"synthetic", "digits", "cifar10", "cifar100", "tinyimagenet"},
     }
     for kind, names in expected.items():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import enum
+import json
 import sys
 from pathlib import Path
 from typing import Literal
@@ -738,18 +739,6 @@ def fake_registry(monkeypatch):
     return FAKE
 
 
-def test_recipe_check_prints_one_ok_line(tmp_path, capsys, fake_registry):
-    path = write(tmp_path, "quick.toml", '[precision]\nname = "spiking"\n[train]\nepochs = 3\n')
-    argv = ["recipe", "check", str(path), "--set", "inference.steps=4", "--set", "run.seeds=[0, 1]"]
-    assert main(argv) == 0
-    out, err = capsys.readouterr()
-    assert out == (
-        f"OK {path} (quick): data digits, model mlp, normalization none, precision spiking, "
-        "nudging clamp, update standard; 4 inference steps, 3 epochs, seeds [0, 1]\n"
-    )
-    assert err == ""
-
-
 def test_recipe_show_prints_the_resolved_toml(tmp_path, capsys, fake_registry):
     path = write(tmp_path, "quick.toml", '[precision]\nname = "spiking"\npeak = 2\n')
     assert main(["recipe", "show", str(path), "--set", "inference.steps=9"]) == 0
@@ -822,6 +811,89 @@ def test_builtin_model_switched_with_set_keeps_width_and_activation(capsys):
     model = tomllib.loads(out)["model"]
     assert model == {"name": "mlp", "output_energy": "se", "hidden": [128, 128], "activation": "gelu"}
     assert err == 'pccore: note: --set model.name=mlp drops model.width (not a parameter of architecture "mlp")\n'
+
+
+def test_recipe_check_prints_an_ok_line_and_the_model(tmp_path, capsys):
+    path = write(tmp_path, "quick.toml", '[precision]\nname = "spiking"\n[train]\nepochs = 3\n')
+    argv = ["recipe", "check", str(path), "--set", "inference.steps=4", "--set", "run.seeds=[0, 1]"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    # the default mlp on the default digits (3x32x32, 10 classes): 3072*128 + 128, 128*128 + 128, 128*10 + 10
+    assert out == (
+        f"OK {path} (quick): data digits, model mlp, normalization none, precision spiking, "
+        "nudging clamp, update standard; 4 inference steps, 3 epochs, seeds [0, 1]\n"
+        "mlp on 3x32x32, 10 classes: L = 3 layers, 411,146 parameters\n"
+    )
+    assert 3072 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10 == 411_146
+    assert err == ""
+
+
+# VGG19 of BEYOND.md C by hand: 16 convs (in*out*9 + out each), then one linear layer to the classes; with
+# BatchNorm Freezing each conv has 2*out affine parameters more.
+VGG19_CONVS = [(3, 64), (64, 64), (64, 128), (128, 128), (128, 256), *[(256, 256)] * 3, (256, 512),
+               *[(512, 512)] * 7]
+VGG19_CIFAR10 = sum(i * o * 9 + o for i, o in VGG19_CONVS) + 512 * 1 * 1 * 10 + 10
+VGG19_TINY_BF = sum(i * o * 9 + o + 2 * o for i, o in VGG19_CONVS) + 512 * 2 * 2 * 200 + 200
+
+
+@pytest.mark.parametrize("recipe,expected", [
+    ("vgg5_cifar10_sf.toml", f"vgg19 on 3x32x32, 10 classes: L = 17 layers, {VGG19_CIFAR10:,} parameters"),
+    ("vgg15_tinyimagenet_sf_bf.toml",
+     f"vgg19 on 3x64x64, 200 classes: L = 17 layers, {VGG19_TINY_BF:,} parameters"),
+])
+def test_recipe_check_reports_layers_and_every_digit_of_the_parameter_count(capsys, recipe, expected):
+    assert main(["recipe", "check", str(REPO / "recipes" / recipe), "--set", 'model.name="vgg19"']) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2 and out[0].startswith("OK ")
+    assert out[1] == expected
+    assert (VGG19_CIFAR10, VGG19_TINY_BF) == (20_029_514, 20_445_192)
+
+
+def test_recipe_check_json_holds_the_model(capsys):
+    path = REPO / "recipes" / "vgg15_tinyimagenet_sf_bf.toml"
+    assert main(["recipe", "check", str(path), "--json", "--set", "model.width=0.5"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report == {
+        "recipe": str(path),
+        "name": "vgg15_tinyimagenet_sf_bf",
+        "components": {"data": "tinyimagenet", "model": "vgg15", "normalization": "frozen",
+                       "precision": "spiking", "nudging": "clamp", "update": "forward"},
+        "inference_steps": 15,
+        "epochs": 50,
+        "seeds": [0, 1, 2, 3, 4],
+        # VGG15 at half width on 64x64: 13 convs with BatchNorm, 256*2*2 -> 2048 (+ BatchNorm) -> 200
+        "model": {"name": "vgg15", "input_shape": [3, 64, 64], "num_classes": 200, "layers": 15,
+                  "parameters": sum(i * o * 9 + 3 * o for i, o in [
+                      (3, 32), (32, 32), (32, 64), (64, 64), (64, 128), (128, 128), (128, 128), (128, 256),
+                      (256, 256), (256, 256), (256, 256), (256, 256), (256, 256)])
+                  + 1024 * 2048 + 3 * 2048 + 2048 * 200 + 200},
+    }
+
+
+def test_recipe_check_builds_the_model_on_the_meta_device(capsys, monkeypatch):
+    from pccore_plugins.architectures import VGG
+
+    devices = set()
+    build = VGG.build
+
+    def spy(self, *args):
+        blocks = build(self, *args)
+        devices.update(p.device.type for b in blocks for p in b.parameters())
+        return blocks
+
+    monkeypatch.setattr(VGG, "build", spy)
+    path = REPO / "recipes" / "vgg15_tinyimagenet_sf_bf.toml"
+    assert main(["recipe", "check", str(path), "--set", 'model.name="vgg19"']) == 0
+    assert devices == {"meta"}
+
+
+def test_recipe_check_refuses_an_input_too_small_for_the_model_naming_the_smallest(capsys):
+    quickstart = REPO / "recipes" / "quickstart.toml"  # digits at 16x16
+    assert main(["recipe", "check", str(quickstart), "--set", 'model.name="vgg19"']) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == ("pccore: error: model 'vgg19': vgg19: input 3x16x16 is too small for its layout; the smallest "
+                   "image it accepts is 32x32 (height and width at least 32)\n")
 
 
 def test_builtin_mlp_hidden_is_a_list_of_ints(tmp_path):

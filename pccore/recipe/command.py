@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from pccore.core.errors import UsageError
@@ -12,14 +13,31 @@ from pccore.recipe.schema import COMPONENT_KINDS
 
 
 def recipe_command(args: argparse.Namespace) -> int:
-    """`pccore recipe check RECIPE` validates and prints one OK line; `show` prints the resolved TOML."""
+    """`pccore recipe check RECIPE` validates the recipe, builds its components and its model on the meta
+    device, and prints one OK line and one line on the model (L and its exact parameter count), or, with
+    --json, both as one JSON object; `show` prints the resolved TOML."""
     recipe = load_recipe(args.recipe, args.overrides or ())
     if args.recipe_command == "show":
         sys.stdout.write(recipe_to_toml(recipe))
         return 0
     if args.recipe_command == "check":
+        from pccore.assemble import model_summary
+
+        model = model_summary(recipe)
+        if getattr(args, "json", False):
+            print(json.dumps({
+                "recipe": str(args.recipe),
+                "name": recipe.run.name,
+                "components": {section: getattr(recipe, section).name for section in COMPONENT_KINDS},
+                "inference_steps": recipe.inference.steps,
+                "epochs": recipe.train.epochs,
+                "seeds": list(recipe.run.seeds),
+                "model": model.to_dict(),
+            }, indent=2))
+            return 0
         parts = ", ".join(f"{section} {getattr(recipe, section).name}" for section in COMPONENT_KINDS)
         print(f"OK {args.recipe} ({recipe.run.name}): {parts}; {recipe.inference.steps} inference steps, "
               f"{recipe.train.epochs} epochs, seeds {render_value(recipe.run.seeds)}")
+        print(model.text())
         return 0
     raise UsageError(f"unknown recipe action {args.recipe_command!r}; choose check or show")

@@ -159,6 +159,48 @@ def preflight(
     return len(blocks)
 
 
+@attrs.define(frozen=True)
+class ModelSummary:
+    """The model a recipe builds: its architecture, the data it is built for, L and its parameter count."""
+
+    name: str
+    input_shape: tuple[int, ...]
+    num_classes: int
+    layers: int
+    parameters: int
+
+    def text(self) -> str:
+        """`vgg19 on 3x32x32, 10 classes: L = 17 layers, 20,029,514 parameters`, every digit."""
+        shape = "x".join(map(str, self.input_shape))
+        classes = "class" if self.num_classes == 1 else "classes"
+        layers = "layer" if self.layers == 1 else "layers"
+        parameters = "parameter" if self.parameters == 1 else "parameters"
+        return (f"{self.name} on {shape}, {self.num_classes} {classes}: L = {self.layers} {layers}, "
+                f"{self.parameters:,} {parameters}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "input_shape": list(self.input_shape), "num_classes": self.num_classes,
+                "layers": self.layers, "parameters": self.parameters}
+
+
+def model_summary(recipe, registry=None) -> ModelSummary:
+    """Build every component of `recipe` and its model for the dataset's input shape and classes (known
+    without loading the data), on the meta device: no memory for weights, no random draws. An architecture
+    that cannot be built there is built on the CPU and dropped. Parameters shared by blocks count once."""
+    if registry is None:
+        from pccore.plugins import get_registry
+
+        registry = get_registry()
+    spec = registry.build("dataset", recipe.data.name, recipe.data.params).spec()
+    built = _build_components(recipe, registry)
+    build = _model_builder(recipe, spec, built["architecture"], built["normalization"])
+    blocks = limits.meta_blocks(build, f"model '{recipe.model.name}'")
+    if blocks is None:
+        blocks = build()
+    parameters = sum(p.numel() for p in nn.ModuleList(blocks).parameters())
+    return ModelSummary(recipe.model.name, tuple(spec.input_shape), spec.num_classes, len(blocks), parameters)
+
+
 def _build_components(recipe, registry) -> dict[str, Any]:
     """Every component of `recipe` but the dataset, built from its parameters."""
     return {
