@@ -238,7 +238,7 @@ def _dispatch(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
     if args.command == "recipe":
         if args.recipe_command is None:
             parser.parse_args(["recipe", "--help"])
-        from pccore.recipe import recipe_command
+        from pccore.inspect.recipe_check import recipe_command
 
         return recipe_command(args)
     if args.command == "plugins":

@@ -1,14 +1,13 @@
 """TOML recipes: the schema, loading (`extends` chains, `--set` overrides), error reporting with key
-paths, writing a resolved recipe back as TOML, and the `pccore recipe check|show` command.
+paths, writing a resolved recipe back as TOML (the `pccore recipe` command is `pccore.inspect.recipe_check`).
 
 Every value is checked strictly (no coercion between strings, numbers and booleans) and every error names
 the file, the key path and what was expected. The modules, by responsibility: `schema` (the sections),
 `convert` (the strict converter), `problems` (errors with key paths), `build` (a dict into a `Recipe`),
-`load` (files, `extends`, `--set`), `render` (TOML and flat output) and `command`.
+`load` (files, `extends`, `--set`) and `render` (TOML and flat output).
 """
 
 from pccore.recipe.build import recipe_from_dict
-from pccore.recipe.command import recipe_command
 from pccore.recipe.load import load_recipe
 from pccore.recipe.render import flatten_recipe, recipe_to_dict, recipe_to_toml
 from pccore.recipe.schema import (
@@ -45,7 +44,6 @@ __all__ = [
     "TrainSection",
     "flatten_recipe",
     "load_recipe",
-    "recipe_command",
     "recipe_from_dict",
     "recipe_to_dict",
     "recipe_to_toml",

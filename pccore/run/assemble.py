@@ -188,7 +188,7 @@ def model_summary(recipe, registry=None) -> ModelSummary:
     without loading the data), on the meta device: no memory for weights, no random draws. An architecture
     that cannot be built there is built on the CPU and dropped. Parameters shared by blocks count once."""
     if registry is None:
-        from pccore.plugins import get_registry
+        from pccore.core.registry import get_registry
 
         registry = get_registry()
     spec = registry.build("dataset", recipe.data.name, recipe.data.params).spec()

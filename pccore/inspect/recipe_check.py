@@ -1,4 +1,5 @@
-"""The `pccore recipe check|show` command."""
+"""The `pccore recipe check|show` command: a recipe validated, its model built on the meta device and
+measured, or the resolved recipe printed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import sys
 
 from pccore.core.errors import UsageError
-from pccore.recipe.load import load_recipe
-from pccore.recipe.render import recipe_to_toml, render_value
-from pccore.recipe.schema import COMPONENT_KINDS
+from pccore.recipe import COMPONENT_KINDS, load_recipe, recipe_to_toml
+from pccore.recipe.render import render_value
+from pccore.run.assemble import model_summary
 
 
 def recipe_command(args: argparse.Namespace) -> int:
@@ -21,8 +22,6 @@ def recipe_command(args: argparse.Namespace) -> int:
         sys.stdout.write(recipe_to_toml(recipe))
         return 0
     if args.recipe_command == "check":
-        from pccore.assemble import model_summary
-
         model = model_summary(recipe)
         if getattr(args, "json", False):
             print(json.dumps({
