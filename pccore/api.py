@@ -55,6 +55,7 @@ COMPONENT_ARGUMENTS: dict[str, str] = {
     "update": "update",
     "normalization": "normalization",
     "nudging": "nudging",
+    "inference": "inference",
 }
 """make_engine's component arguments and the kind of component each names (also its recipe section)."""
 
@@ -258,6 +259,7 @@ def make_engine(
     update: str | Mapping[str, Any] | Any = "standard",
     normalization: str | Mapping[str, Any] | Any = "none",
     nudging: str | Mapping[str, Any] | Any = "clamp",
+    inference: str | Mapping[str, Any] | Any = "states",
     steps: int = 8,
     lr: float = 0.1,
     momentum: float = 0.0,
@@ -285,15 +287,18 @@ def make_engine(
     stays valid); `"none"` refuses blocks with BatchNorm.
 
     Train with `engine.train_step(x, y)` (inference, then the weight gradients into `.grad`; it returns
-    the loss and the per-layer energies) followed by your optimizer's `step()`; predict with
-    `engine.predict(x)`. With a random nudging method ("center"), call
+    the loss and the per-layer energies) followed by your optimizer's `step()`, or hand the step to the
+    engine: `engine.train_step(x, y, weight_step=pccore.core.optim.WeightStepper(optimizer))`, which an
+    inference algorithm that steps the weights during inference (`inference="incremental"`) needs; predict
+    with `engine.predict(x)`. With a random nudging method ("center"), call
     `engine.nudging.begin_epoch(seed, epoch)` at the start of each epoch.
     """
     model = _as_module_list(blocks)
     if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 1:
         raise UsageError(f"num_classes must be an integer >= 1 (the width of the last block), not {num_classes!r}")
     registry = _registry(registry)
-    given = {"precision": precision, "update": update, "normalization": normalization, "nudging": nudging}
+    given = {"precision": precision, "update": update, "normalization": normalization, "nudging": nudging,
+             "inference": inference}
     sections: dict[str, Any] = {}
     objects: dict[str, Any] = {}
     for argument, value in given.items():
@@ -306,7 +311,8 @@ def make_engine(
     settings = {"steps": steps, "lr": lr, "momentum": momentum, "nesterov": nesterov,
                 "decay_last_lr": decay_last_lr, "skip_below": skip_below}
     recipe = recipe_from_dict(
-        {**sections, "inference": settings, "model": {"output_energy": output_energy}},
+        {**sections, "inference": {**sections.get("inference", {}), **settings},
+         "model": {"output_energy": output_energy}},
         source="make_engine", registry=registry,
     )
     built = {
@@ -336,6 +342,7 @@ def make_engine(
         output_energy=recipe.model.output_energy,
         num_classes=num_classes,
         autocast_dtype=autocast_dtype,
+        algorithm=built["inference"],
     )
 
 

@@ -16,6 +16,7 @@ from pccore.core.components import (
     Dataset,
     DataSpec,
     ImageData,
+    InferenceAlgorithm,
     InferenceSettings,
     LearningBatch,
     MultiPartBlock,
@@ -27,7 +28,9 @@ from pccore.core.components import (
     PrecisionTable,
     State,
     UpdateRule,
+    WeightStep,
 )
+from pccore.core.engine import InferenceTrace, PCEngine
 from pccore.core.errors import DatasetUnavailable, MissingDependency, PccoreError, UsageError
 from pccore.core.hookspecs import hookimpl
 from pccore.core.replicas import Replicas, current_replicas
@@ -41,13 +44,16 @@ __all__ = [
     "Dataset",
     "DatasetUnavailable",
     "ImageData",
+    "InferenceAlgorithm",
     "InferenceSettings",
+    "InferenceTrace",
     "LearningBatch",
     "MissingDependency",
     "MultiPartBlock",
     "NoParams",
     "NormalizationPolicy",
     "Nudging",
+    "PCEngine",
     "PccoreError",
     "Phase",
     "PrecisionSchedule",
@@ -56,6 +62,7 @@ __all__ = [
     "State",
     "UpdateRule",
     "UsageError",
+    "WeightStep",
     "current_replicas",
     "hookimpl",
 ]

@@ -62,8 +62,8 @@ def diverge_on_rank_one(recipe_path: Path, out: Path, world: distributed.World) 
         step = asm.engine.train_step
         count = [0]
 
-        def train_step(x: torch.Tensor, y: torch.Tensor, *batch_size: int) -> Any:
-            out = step(x, y, *batch_size)
+        def train_step(x: torch.Tensor, y: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            out = step(x, y, *args, **kwargs)
             count[0] += 1
             if world.rank == 1 and count[0] == 2:
                 return out._replace(loss=torch.full_like(out.loss, float("nan")))

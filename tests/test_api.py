@@ -26,7 +26,7 @@ from pccore.recipe import recipe_from_dict, recipe_to_dict
 from pccore.run.checkpoint import load_checkpoint
 from pccore.run.data import BatchFeeder
 from pccore.run.evaluation import evaluate
-from pccore_plugins import architectures, datasets, normalization, nudging, precision, update
+from pccore_plugins import architectures, datasets, inference, normalization, nudging, precision, update
 from pccore_plugins.normalization import FreezableBatchNorm1d, FrozenBatchNorm
 from pccore_plugins.nudging import Clamp
 from pccore_plugins.precision import Spiking, SpikingParams
@@ -144,7 +144,7 @@ def test_dict_recipes_take_both_override_forms():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        ({"inference.stepz": 3}, 'inference.stepz: unknown key; did you mean "steps"?'),
+        ({"inference.stepz": 3}, 'inference.stepz: unknown key for inference "states"; did you mean "steps"?'),
         ({"inference": 3}, "expected a key SECTION.KEY"),
         (["inference.steps"], "expected SECTION.KEY=VALUE"),
         (["inference.steps=[1,"], "not a single TOML value"),
@@ -160,7 +160,8 @@ def test_bad_overrides_say_which_key(tmp_path, overrides, message):
 
 
 def test_bad_overrides_on_a_file_say_which_key(tmp_path):
-    with pytest.raises(RecipeError, match=r"unknown key inference.stepz; did you mean \"steps\"\?"):
+    with pytest.raises(RecipeError,
+                       match=r"unknown key inference.stepz \(inference \"states\"\); did you mean \"steps\"\?"):
         pccore.load_recipe(write_recipe(tmp_path), {"inference.stepz": 3})
     with pytest.raises(RecipeError, match=r"override run.name: cannot write a object \(<object object"):
         pccore.load_recipe(write_recipe(tmp_path), {"run.name": object()})
@@ -279,7 +280,7 @@ def test_make_engine_finds_third_party_components():
             return [pccore.Component("flat", Flat, FlatParams)]
 
     registry = Registry(strict=True)
-    for module in (architectures, datasets, normalization, nudging, precision, update):
+    for module in (architectures, datasets, inference, normalization, nudging, precision, update):
         registry.register(module, module.__name__.rsplit(".", 1)[1], "pccore")
     registry.register(FlatPlugin(), "flat", "pccore-flat")
     engine = pccore.make_engine(_blocks(), num_classes=3, precision={"name": "flat", "value": 0.5}, steps=2,

@@ -16,7 +16,7 @@ from pccore.core.errors import UsageError
 from pccore.core.registry import Registry
 from pccore.recipe import recipe_from_dict
 from pccore.run.assemble import assemble, prepare_blocks
-from pccore_plugins import architectures, datasets, normalization, nudging, precision, update
+from pccore_plugins import architectures, datasets, inference, normalization, nudging, precision, update
 from pccore_plugins.normalization import (
     BatchNormParams,
     FreezableBatchNorm1d,
@@ -147,7 +147,7 @@ def _hard_coded_plugin():
 @pytest.fixture
 def registry():
     registry = Registry(strict=True)
-    for module in (architectures, datasets, normalization, nudging, precision, update):
+    for module in (architectures, datasets, inference, normalization, nudging, precision, update):
         registry.register(module, module.__name__.rsplit(".", 1)[1], "pccore")
     registry.register(_hard_coded_plugin(), "hardcoded", "pccore-hardcoded")
     return registry

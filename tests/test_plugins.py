@@ -389,7 +389,7 @@ def test_unknown_kind_suggests_close_matches():
         Registry().names("precison")
     assert str(err.value) == (
         "unknown component kind 'precison'; did you mean 'precision'? Choose one of: architecture, dataset, "
-        "normalization, nudging, precision, update"
+        "inference, normalization, nudging, precision, update"
     )
 
 

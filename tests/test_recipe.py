@@ -130,6 +130,11 @@ class ForwardParams:
     mode: Mode = Mode.FAST
 
 
+@attrs.frozen
+class IncrementalParams:
+    variant: str = "plain"
+
+
 def _make(name: str, params: type = NoParams) -> Component:
     return Component(name, lambda p: p, params)
 
@@ -162,6 +167,7 @@ FAKE_TABLE = {
     ],
     "nudging": [_make("clamp"), _make("nudge", NudgeParams)],
     "update": [_make("standard"), _make("forward", ForwardParams), _make("leveled", LevelParams)],
+    "inference": [_make("states"), _make("incremental", IncrementalParams)],
 }
 FAKE = FakeRegistry(FAKE_TABLE)
 
@@ -200,8 +206,8 @@ DEFAULT_DICT = {
     "precision": {"name": "constant", "learning": "ones"},
     "nudging": {"name": "clamp"},
     "update": {"name": "standard"},
-    "inference": {"steps": 8, "lr": 0.1, "momentum": 0.0, "nesterov": True, "decay_last_lr": False,
-                  "skip_below": 0.0},
+    "inference": {"name": "states", "steps": 8, "lr": 0.1, "momentum": 0.0, "nesterov": True,
+                  "decay_last_lr": False, "skip_below": 0.0},
     "optimizer": {"lr": 0.001, "weight_decay": 0.0001, "warmup": 0.1, "schedule_epochs": 25},
     "train": {"epochs": 50, "patience": 10, "max_batches": 0},
     "log": {"tensorboard": True, "every": 50, "checkpoints": True},
@@ -226,7 +232,7 @@ def test_empty_recipe_has_every_documented_default():
     assert recipe.nudging == ComponentSection(name="clamp", params=NoParams())
     assert recipe.update == ComponentSection(name="standard", params=NoParams())
     assert recipe.inference == InferenceSection(
-        steps=8, lr=0.1, momentum=0.0, nesterov=True, decay_last_lr=False
+        name="states", params=NoParams(), steps=8, lr=0.1, momentum=0.0, nesterov=True, decay_last_lr=False
     )
     assert recipe.optimizer == OptimizerSection(lr=1e-3, weight_decay=1e-4, warmup=0.1, schedule_epochs=25)
     assert recipe.train == TrainSection(epochs=50, patience=10, max_batches=0)
@@ -328,7 +334,7 @@ def test_extends_chain_is_relative_to_each_file_and_later_values_win(tmp_path):
         'extends = "../base/common.toml"\n[precision]\nbase = 0.01\n[train]\npatience = 3\n',
     )
     recipe = load_recipe(child, registry=FAKE)
-    assert recipe.inference == InferenceSection(steps=5, lr=0.5)
+    assert recipe.inference == InferenceSection(name="states", params=NoParams(), steps=5, lr=0.5)
     assert recipe.train == TrainSection(epochs=2, patience=3)
     assert recipe.precision == ComponentSection("spiking", SpikeParams(peak=2.0, base=0.01))
     assert recipe.run.name == "child"
@@ -710,6 +716,7 @@ def test_flatten_recipe_gives_slash_separated_scalars():
         "precision/learning": "ones",
         "nudging/name": "clamp",
         "update/name": "standard",
+        "inference/name": "states",
         "inference/steps": 8,
         "inference/lr": 0.1,
         "inference/momentum": 0.0,
@@ -821,7 +828,7 @@ def test_recipe_check_prints_an_ok_line_and_the_model(tmp_path, capsys):
     # the default mlp on the default digits (3x32x32, 10 classes): 3072*128 + 128, 128*128 + 128, 128*10 + 10
     assert out == (
         f"OK {path} (quick): data digits, model mlp, normalization none, precision spiking, "
-        "nudging clamp, update standard; 4 inference steps, 3 epochs, seeds [0, 1]\n"
+        "nudging clamp, update standard, inference states; 4 inference steps, 3 epochs, seeds [0, 1]\n"
         "mlp on 3x32x32, 10 classes: L = 3 layers, 411,146 parameters\n"
     )
     assert 3072 * 128 + 128 + 128 * 128 + 128 + 128 * 10 + 10 == 411_146
@@ -857,7 +864,7 @@ def test_recipe_check_json_holds_the_model(capsys):
         "recipe": str(path),
         "name": "vgg15_tinyimagenet_sf_bf",
         "components": {"data": "tinyimagenet", "model": "vgg15", "normalization": "frozen",
-                       "precision": "spiking", "nudging": "clamp", "update": "forward"},
+                       "precision": "spiking", "nudging": "clamp", "update": "forward", "inference": "states"},
         "inference_steps": 15,
         "epochs": 50,
         "seeds": [0, 1, 2, 3, 4],

@@ -98,10 +98,18 @@ def test_section_that_is_not_a_table(tmp_path, capsys):
 
 
 def test_unknown_key_in_a_core_section(tmp_path, capsys):
+    message, path = check_file(tmp_path, capsys, "[optimizer]\nweight_decy = 3\n")
+    assert message == (
+        f'{path}: optimizer.weight_decy: unknown key; did you mean "weight_decay"? '
+        "valid: lr, weight_decay, warmup, schedule_epochs"
+    )
+
+
+def test_unknown_key_in_the_inference_section_names_its_algorithm(tmp_path, capsys):
     message, path = check_file(tmp_path, capsys, "[inference]\nstesp = 3\n")
     assert message == (
-        f'{path}: inference.stesp: unknown key; did you mean "steps"? '
-        "valid: steps, lr, momentum, nesterov, decay_last_lr, skip_below"
+        f'{path}: inference.stesp: unknown key for inference "states"; did you mean "steps"? '
+        "valid: name, steps, lr, momentum, nesterov, decay_last_lr, skip_below"
     )
 
 
@@ -392,8 +400,8 @@ def test_invalid_toml_in_a_base_file_names_the_base_file(tmp_path, capsys):
 def test_set_of_a_key_that_does_not_exist(tmp_path, capsys):
     message, _ = check_file(tmp_path, capsys, "", "inference.stesp=3")
     assert message == (
-        '--set inference.stesp=3: unknown key inference.stesp; did you mean "steps"? '
-        "valid: steps, lr, momentum, nesterov, decay_last_lr, skip_below"
+        '--set inference.stesp=3: unknown key inference.stesp (inference "states"); did you mean "steps"? '
+        "valid: name, steps, lr, momentum, nesterov, decay_last_lr, skip_below"
     )
 
 

@@ -52,6 +52,12 @@ RESNETS = sorted(
 MUPC = ["mupc_digits_d32", "mupc_digits_d128", "mupc_digits_d32_standard", "mupc_digits_d128_standard"]
 MUPC_RULE = re.compile(r"mupc_digits_d(\d+)(_standard)?")
 """muPC (DEEPER.md, section B) and its standard-parameterisation twins: mupc_digits_d<H>[_standard]."""
+IPC = sorted(
+    [f"{m}_{d}_ipc{bf}" for m, d, bf in product(("vgg5", "vgg7", "vgg10"), ("cifar10", "cifar100"), ("", "_bf"))]
+    + ["vgg15_tinyimagenet_ipc", "vgg15_tinyimagenet_ipc_bf", "quickstart_ipc"]
+)
+"""Incremental PC (BEYOND.md A): the S+F grid's models and datasets, plain (iPC.py) and with BatchNorm
+Freezing (iPC_BN.py), and the offline quickstart."""
 PURE_SPIKE = ["vgg5_cifar10_sf0_bf", "vgg7_cifar10_sf0_bf", "vgg10_cifar10_sf0_bf", "vgg15_tinyimagenet_sf0_bf",
               "quickstart_sf0"]
 """The pure-spike twins (spiking base 0) of S+F recipes: <twin>_sf0_bf extends <twin>_sf_bf."""
@@ -80,7 +86,9 @@ def _names(files: list[Path]) -> list[str]:
 
 def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
-    assert {p.stem for p in SHIPPED} == set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE)
+    assert {p.stem for p in SHIPPED} == (
+        set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE) | set(IPC)
+    )
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=_names(SHIPPED))
@@ -90,7 +98,7 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
     if path.stem in QUICKSTARTS:
         assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
         return
-    if path.stem in RESNETS or path.stem in PURE_SPIKE:
+    if path.stem in RESNETS or path.stem in PURE_SPIKE or path.stem in IPC:
         return  # checked value by value below
     if path.stem in MUPC:
         depth, standard = MUPC_RULE.fullmatch(path.stem).groups()
@@ -340,7 +348,31 @@ def test_a_pure_spike_recipe_is_its_twin_with_base_zero(name: str) -> None:
 # --- running ----------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE)
+@pytest.mark.parametrize("name", [n for n in IPC if n != "quickstart_ipc"])
+def test_ipc_recipes_are_their_sf_twins_with_incremental_pc(name: str) -> None:
+    """Each <model>_<dataset>_ipc[_bf] recipe is its S+F twin but for the algorithm: spiking precision (the
+    reference example's), the standard update, incremental inference with iPC.py's variant (plain) or,
+    with BatchNorm Freezing, iPC_BN.py's (batchnorm)."""
+    ipc = recipe_to_dict(load_recipe(_path(name)))
+    sf = recipe_to_dict(load_recipe(_path(name.replace("_ipc", "_sf"))))
+    bf = name.endswith("_bf")
+    assert ipc["inference"] == {**sf["inference"], "name": "incremental", "variant": "batchnorm" if bf else "plain"}
+    assert ipc["update"] == {"name": "standard"}
+    assert ipc["precision"] == sf["precision"] == {"name": "spiking", "peak": 1.0, "base": 0.001, "learning": "ones"}
+    assert ipc["normalization"]["name"] == ("frozen" if bf else "none")
+    for recipe in (ipc, sf):
+        del recipe["inference"], recipe["update"], recipe["run"]["name"]
+    assert ipc == sf
+
+
+def test_quickstart_ipc_has_the_quickstarts_budget() -> None:
+    ipc, sf = load_recipe(_path("quickstart_ipc")), load_recipe(_path("quickstart"))
+    assert (ipc.inference.name, ipc.inference.params.variant) == ("incremental", "batchnorm")
+    assert (ipc.data, ipc.model, ipc.train, ipc.normalization) == (sf.data, sf.model, sf.train, sf.normalization)
+    assert (ipc.inference.steps, ipc.optimizer) == (sf.inference.steps, sf.optimizer)
+
+
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE + IPC)
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"

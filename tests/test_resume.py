@@ -172,9 +172,9 @@ def test_resume_restores_the_random_generators(tmp_path: Path, monkeypatch) -> N
         asm = real_assemble(*args, **kwargs)
         step = asm.engine.train_step
 
-        def drawing_step(x, y, *batch_size):
+        def drawing_step(x, y, *args, **kwargs):
             draws.append((torch.rand(()).item(), float(np.random.rand()), random.random()))
-            return step(x, y, *batch_size)
+            return step(x, y, *args, **kwargs)
 
         asm.engine.train_step = drawing_step
         return asm

@@ -89,8 +89,8 @@ def _record_steps(monkeypatch) -> list[tuple[float, list[float]]]:
         asm = real_assemble(*args, **kwargs)
         train_step = asm.engine.train_step
 
-        def recording(x, y, *batch_size):
-            out = train_step(x, y, *batch_size)
+        def recording(x, y, *args, **kwargs):
+            out = train_step(x, y, *args, **kwargs)
             steps.append((float(out.loss), out.energy.tolist()))
             return out
 

@@ -425,8 +425,8 @@ def _poison(monkeypatch, epoch: int, batch: int, layer: int, per_epoch: int) -> 
         step = asm.engine.train_step
         count = {"batch": 0}
 
-        def train_step(x, y, *batch_size):
-            out = step(x, y, *batch_size)
+        def train_step(x, y, *args, **kwargs):
+            out = step(x, y, *args, **kwargs)
             count["batch"] += 1
             if count["batch"] == (epoch - 1) * per_epoch + batch:
                 energy = out.energy.clone()

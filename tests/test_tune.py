@@ -254,8 +254,8 @@ def test_the_first_seed_reports_validation_top1_each_epoch_and_the_pruner_stops_
 # --- checks before any trial ---------------------------------------------------------------------
 
 BAD_STUDIES = [
-    ({"fixed": {"inference.lrr": 0.1}}, r'study.toml \[set\] inference.lrr=0.1: unknown key inference.lrr; did you '
-                                        r'mean "lr"\?'),
+    ({"fixed": {"inference.lrr": 0.1}},
+     r'study.toml \[set\] inference.lrr=0.1: unknown key inference.lrr \(inference "states"\); did you mean "lr"\?'),
     ({"space": {"optimizer.lrr": {"low": 0.1, "high": 0.2}}}, r'\[space\] optimizer.lrr=0.1: unknown key '
                                                               r'optimizer.lrr; did you mean "lr"\?'),
     ({"space": {"infrence.lr": {"low": 0.1, "high": 0.2}}}, r"unknown section 'infrence'; did you mean "

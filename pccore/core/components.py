@@ -8,13 +8,18 @@ the recipe. The object the factory returns implements the protocol of its kind, 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import attrs
 import torch
 from torch import nn
 
-KINDS: tuple[str, ...] = ("precision", "update", "normalization", "nudging", "architecture", "dataset")
+if TYPE_CHECKING:
+    from pccore.core.engine import InferenceTrace, PCEngine
+
+KINDS: tuple[str, ...] = (
+    "precision", "update", "normalization", "nudging", "inference", "architecture", "dataset",
+)
 
 Phase = Literal["forward", "inference", "learning"]
 """Which pass a model is in: the initial forward pass, an inference step, or the learning phase."""
@@ -168,6 +173,45 @@ class Nudging(Protocol):
         ...
 
 
+# --- inference algorithm -------------------------------------------------------------------------
+
+
+class WeightStep(Protocol):
+    """The weight step of the run that trains the engine, handed to `PCEngine.train_step`."""
+
+    def __call__(self, *, stoppable: bool = False) -> None:
+        """Step the weights on their `.grad` (summed over the data-parallel replicas first), then the
+        learning-rate schedule. With `stoppable`, a parameter tensor whose gradient is exactly zero takes no
+        step and keeps its optimizer state and step count (incremental PC's stoppable optimizer)."""
+        ...
+
+
+@runtime_checkable
+class InferenceAlgorithm(Protocol):
+    """What happens between the initial forward pass and the weight step: how the states settle, and
+    whether the weights step during it. One optional member (see OPTIONAL_MEMBERS):
+
+    - `check(engine) -> None`: called once when an engine is built with the algorithm; raise
+      `UsageError` for a combination it cannot train (an update rule, a normalisation policy, ...).
+    """
+
+    def weight_steps(self, steps: int) -> int:
+        """Weight steps one batch takes with T = `steps` inference steps; the learning-rate schedule counts
+        them (1 for an algorithm whose weights learn once, after inference)."""
+        ...
+
+    def infer(
+        self, engine: PCEngine, x0: torch.Tensor, y: torch.Tensor, *, record: bool, batch_size: int,
+        weight_step: WeightStep | None,
+    ) -> InferenceTrace:
+        """Settle one batch's states and return the trace (`engine.infer` is state-based inference, which
+        can also step the weights at every inference step). `batch_size` is the number of samples the
+        step averages over (the global batch in data-parallel training). `trace.learn` says whether the
+        engine then takes the update rule's weight step on the settled states; an algorithm that steps the
+        weights itself needs `weight_step` and raises UsageError without it."""
+        ...
+
+
 # --- architecture --------------------------------------------------------------------------------
 
 @attrs.define(frozen=True)
@@ -252,6 +296,7 @@ OPTIONAL_MEMBERS: dict[str, tuple[str, ...]] = {
     "update": (),
     "normalization": ("pure_inference", "prepare", "shared_buffers"),
     "nudging": ("begin_batch",),
+    "inference": ("check",),
     "architecture": (),
     "dataset": (),
 }
@@ -262,6 +307,7 @@ PROTOCOLS: dict[str, type] = {
     "update": UpdateRule,
     "normalization": NormalizationPolicy,
     "nudging": Nudging,
+    "inference": InferenceAlgorithm,
     "architecture": Architecture,
     "dataset": Dataset,
 }

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pccore.core.components import (
+    InferenceAlgorithm,
     InferenceSettings,
     LearningBatch,
     NormalizationPolicy,
@@ -23,6 +24,7 @@ from pccore.core.components import (
     PrecisionTable,
     State,
     UpdateRule,
+    WeightStep,
 )
 from pccore.core.plan import StepPlan, make_plan
 from pccore.core.states import HalfSquaredError, map_state, parts, settle, sgd_step, unaliased
@@ -42,7 +44,8 @@ class InferenceTrace(NamedTuple):
     0 is the input), per-step energies [T, L] when recorded (zero below the wavefront), the energies of the
     last step [L], the update scale, and the one-hot target. A multi-part layer's state is a tuple; when
     energies are recorded for a model with such layers, `part_energies` [T, L, P] holds each part's weighted
-    energy (P the most parts of any layer; a single-tensor layer's energy is part 0)."""
+    energy (P the most parts of any layer; a single-tensor layer's energy is part 0). `learn`: whether the
+    update rule still learns from the trace (False when the weights already stepped during inference)."""
 
     states: list[State]
     initial: list[State]
@@ -51,6 +54,7 @@ class InferenceTrace(NamedTuple):
     scale: float
     target: torch.Tensor
     part_energies: torch.Tensor | None = None
+    learn: bool = True
 
 
 class PCEngine:
@@ -59,6 +63,9 @@ class PCEngine:
     Internally the latent states x^1..x^{L-1} are one flat list of tensors, the parts of each layer in
     order (one per single-tensor layer), so the autograd call and the SGD step of an inference step treat
     multi-part layers exactly like single-tensor ones.
+
+    `algorithm` (an `InferenceAlgorithm` component) decides what happens between the initial pass and the
+    weight step; without one the engine runs its own state-based inference (`infer`).
     """
 
     def __init__(
@@ -78,6 +85,7 @@ class PCEngine:
         num_classes: int,
         autocast_dtype: torch.dtype | None = None,
         skip_below: float = 0.0,
+        algorithm: InferenceAlgorithm | None = None,
     ):
         self.model = blocks if isinstance(blocks, nn.ModuleList) else nn.ModuleList(blocks)
         self.blocks = list(self.model)
@@ -127,12 +135,21 @@ class PCEngine:
         """Every layer within the wavefront at every step (same states; used when energies are recorded)."""
         # Blocks whose initial-pass graph carries a pullback: their detached inputs must require grad.
         self._graph_inputs = frozenset(l for p in (*self.plan, *self.recording_plan) for l in p.reuse if l >= 2)
+        self._weighted = weighted
+        self._joint_plans: dict[tuple[int, bool], list[StepPlan]] = {}
+        self.algorithm = algorithm
+        self.weight_steps_per_batch = 1 if algorithm is None else int(algorithm.weight_steps(steps))
+        """Weight steps one batch takes (the learning-rate schedule counts them)."""
+        check = getattr(algorithm, "check", None)
+        if check is not None:
+            check(self)
 
-    def _make_plan(self, weighted: list[list[bool]]) -> list[StepPlan]:
-        """The step plan (`pccore.core.plan`) of this engine for a zero pattern of the precision table."""
+    def _make_plan(self, weighted: list[list[bool]], moving_weights: bool = False) -> list[StepPlan]:
+        """The step plan (`pccore.core.plan`) of this engine for a zero pattern of the precision table.
+        While the weights move (`moving_weights`) no block's initial output can stand in for a new call."""
         return make_plan(
             weighted,
-            pure_inference=bool(getattr(self.norm, "pure_inference", False)),
+            pure_inference=bool(getattr(self.norm, "pure_inference", False)) and not moving_weights,
             local_graph=self.update.initial_graph == "local",
             momentum=self.momentum,
             nesterov=self.nesterov,
@@ -235,12 +252,23 @@ class PCEngine:
 
     # --- inference -----------------------------------------------------------------------------
 
-    def infer(self, x0: torch.Tensor, y: torch.Tensor, *, record: bool = False) -> InferenceTrace:
-        """Initial forward pass, output node from the nudging method, then T inference steps. With
-        `record`, every block within the wavefront is evaluated at every step (zero weights included) so
-        that every energy is known; the states are the same."""
+    def infer(
+        self, x0: torch.Tensor, y: torch.Tensor, *, record: bool = False, weight_step: WeightStep | None = None,
+        batch_size: int | None = None, steps: int | None = None,
+    ) -> InferenceTrace:
+        """Initial forward pass, output node from the nudging method, then T inference steps (the first
+        `steps` of them when given). With `record`, every block within the wavefront is evaluated at every
+        step (zero weights included) so that every energy is known; the states are the same.
+
+        With `weight_step`, the weights move too (incremental PC): each step's one autograd call also
+        gives the gradient of the step's energy E_t with respect to the weights of its active blocks,
+        averaged over `batch_size` samples and times the nudging method's update scale; it goes into
+        `.grad` (None for the other blocks) and `weight_step(stoppable=True)` steps the weights."""
         initial, inputs = self._initial_pass(x0)
         L = self.L
+        T = self.T if steps is None else steps
+        if not 0 <= T <= self.T:
+            raise ValueError(f"steps must be in 0..{self.T}, got {steps}")
         target = self.one_hot(y)
         out_node, scale = self.nudging.output_node(initial[L].detach().to(self.dtype), target)
         layers = [
@@ -248,32 +276,49 @@ class PCEngine:
         ]
         latent = [p for state in layers for p in parts(state)]
         states = [x0, *layers, out_node]
-        energies = torch.zeros(self.T, L, device=self.device, dtype=self.dtype) if record else None
+        energies = torch.zeros(T, L, device=self.device, dtype=self.dtype) if record else None
         most = max(1 if w is None else len(w) for w in self.part_weights)
         part_energies = (
-            torch.zeros(self.T, L, most, device=self.device, dtype=self.dtype) if record and most > 1 else None
+            torch.zeros(T, L, most, device=self.device, dtype=self.dtype) if record and most > 1 else None
         )
-        if not self.update.runs_inference or self.T == 0 or L == 1:
+        if not self.update.runs_inference or T == 0 or L == 1:
             return InferenceTrace(states, initial, energies, None, scale, target, part_energies)
 
         buffers = self._momentum_buffers(latent)
         self.norm.set_phase(self.model, "inference")
-        # Inference needs gradients for the states only; frozen parameters keep autograd (and compiled
-        # backward graphs, which would otherwise compute every input's gradient) from making weight grads.
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        joint = None
+        if weight_step is not None:
+            total = x0.shape[0] if batch_size is None else batch_size
+            joint = _WeightMoves(self.blocks, weight_step, scale, total)
+            plan = self._joint_plan(T, record)
+        else:
+            plan = self.recording_plan if record else self.plan
+        # Without weight steps inference needs gradients for the states only; frozen parameters keep
+        # autograd (and compiled backward graphs, which would otherwise compute every input's gradient)
+        # from making weight gradients.
+        params = [p for p in self.model.parameters() if p.requires_grad] if joint is None else []
         for p in params:
             p.requires_grad_(False)
-        plan = self.recording_plan if record else self.plan
         try:
-            final = self._inference_steps(plan, states, latent, initial, inputs, buffers, energies, part_energies)
+            final = self._inference_steps(plan, states, latent, initial, inputs, buffers, energies, part_energies,
+                                          joint)
         finally:
             for p in params:
                 p.requires_grad_(True)
         return InferenceTrace(states, initial, energies, final, scale, target, part_energies)
 
-    def _inference_steps(self, plan, states, latent, initial, inputs, buffers, energies, part_energies):
-        """The T steps of `plan`, updating `latent` (and so `states`) in place; returns each layer's energy
-        [L] at the last step that evaluated it (0 for a layer no step evaluated)."""
+    def _joint_plan(self, steps: int, record: bool) -> list[StepPlan]:
+        """The plan of `steps` steps while the weights move: every active block called at every step."""
+        key = (steps, record)
+        if key not in self._joint_plans:
+            weighted = [[True] * self.L] * steps if record else self._weighted[:steps]
+            self._joint_plans[key] = self._make_plan(weighted, moving_weights=True)
+        return self._joint_plans[key]
+
+    def _inference_steps(self, plan, states, latent, initial, inputs, buffers, energies, part_energies, joint=None):
+        """The steps of `plan`, updating `latent` (and so `states`) in place, and the weights with `joint`;
+        returns each layer's energy [L] at the last step that evaluated it (0 for a layer no step
+        evaluated)."""
         L = self.L
         final: list[torch.Tensor | None] = [None] * L  # each layer's energy at its last evaluation
         flat = [list(range(self._offset[k], self._offset[k + 1])) for k in range(L)]  # layer k's flat indices
@@ -281,7 +326,7 @@ class PCEngine:
             for t, step in enumerate(plan):
                 preds = self._predictions(step, states, initial)
                 werr = {l: self._weighted_error(l, states[l], preds[l], self._pi[t][l - 1]) for l in step.active}
-                directions = self._descent_directions(step, states, preds, inputs, werr, flat)
+                directions = self._descent_directions(step, states, preds, inputs, werr, flat, joint)
                 if energies is not None:
                     energies[t, step.first - 1 :] = self._energies(states, preds, range(step.first, L + 1))
                 if part_energies is not None:
@@ -290,6 +335,8 @@ class PCEngine:
                     for l, e in zip(step.final, self._energies(states, preds, step.final), strict=True):
                         final[l - 1] = e
                 self._move_states(t, step, latent, buffers, directions, flat)
+                if joint is not None:
+                    joint.step()
                 del preds, werr, directions  # free this step's graph before the next
         zero = torch.zeros((), device=self.device, dtype=self.dtype)
         return torch.stack([zero if e is None else e for e in final])
@@ -305,19 +352,27 @@ class PCEngine:
             preds[l] = initial[l] if l >= 2 else map_state(torch.Tensor.detach, initial[1])
         return preds
 
-    def _descent_directions(self, step: StepPlan, states, preds, inputs, werr, flat) -> list[torch.Tensor]:
+    def _descent_directions(self, step: StepPlan, states, preds, inputs, werr, flat, joint=None) -> list[torch.Tensor]:
         """-dE_t/dx of every latent part the step moves, in one autograd call for all layers: the weighted
         error pi_l (x^l - mu^l) of each active layer above, pulled back through its block (or through its
-        initial graph), minus the layer's own weighted error."""
+        initial graph), minus the layer's own weighted error. With `joint` the same call also pulls every
+        active layer's weighted error back into its block's weights, which `joint` keeps as -dE_t/dtheta."""
         outputs, seeds, sources = [], [], []
-        for l in step.pulled:
+        pulled_layers = step.active if joint is not None else step.pulled
+        for l in pulled_layers:
             for mu, e in zip(parts(preds[l]), parts(werr[l]), strict=True):
                 outputs.append(mu)
                 seeds.append(e.to(mu.dtype))
-            sources += parts(inputs[l]) if l in step.reuse else parts(states[l - 1])
+            if l >= 2:
+                sources += parts(inputs[l]) if l in step.reuse else parts(states[l - 1])
+        weights = joint.take(step.active) if joint is not None else []
         pulled = unaliased(torch.autograd.grad(
-            outputs, sources, seeds, retain_graph=bool(step.reuse), allow_unused=True, materialize_grads=True,
+            outputs, sources + weights, seeds, retain_graph=bool(step.reuse), allow_unused=True,
+            materialize_grads=True,
         ), seeds) if outputs else []
+        if weights:
+            joint.found(pulled[len(sources):])
+            pulled = pulled[: len(sources)]
         directions: list[torch.Tensor] = []
         for k in step.grad:
             own = parts(werr[k]) if k in werr else None
@@ -396,33 +451,53 @@ class PCEngine:
         if begin is not None:
             begin()
 
-    def train_step(self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> StepOutput:
-        """One batch: inference, then the weight gradients into `.grad` (the caller steps the optimizer).
+    def train_step(
+        self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, weight_step: WeightStep | None = None,
+    ) -> StepOutput:
+        """One batch: inference, then the weight gradients into `.grad`, and with `weight_step` the weight
+        step (without it, the caller steps its optimizer). An inference algorithm that steps the weights
+        during inference (incremental PC) needs `weight_step`.
 
         `batch_size` is the number of samples the loss and the energies are averaged over: by default the
         batch's own; in data-parallel training the global batch this shard is part of, so that the ranks'
         losses, energies and gradients add up to those of the whole batch."""
         self.prepare_batch()
-        return self.device_step(x0, y, batch_size)
+        return self.device_step(x0, y, batch_size, weight_step)
 
-    def device_step(self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None) -> StepOutput:
+    def settle(
+        self, x0: torch.Tensor, y: torch.Tensor, *, record: bool = False, batch_size: int | None = None,
+        weight_step: WeightStep | None = None,
+    ) -> InferenceTrace:
+        """The batch's inference by the engine's algorithm (state-based inference without one)."""
+        total = x0.shape[0] if batch_size is None else batch_size
+        if self.algorithm is None:
+            return self.infer(x0, y, record=record)
+        return self.algorithm.infer(self, x0, y, record=record, batch_size=total, weight_step=weight_step)
+
+    def device_step(
+        self, x0: torch.Tensor, y: torch.Tensor, batch_size: int | None = None, weight_step: WeightStep | None = None,
+    ) -> StepOutput:
         """`train_step` without `prepare_batch`: only device work, no host synchronisation, so it can be
-        captured as a CUDA graph."""
+        captured as a CUDA graph (without `weight_step`, with an algorithm that learns after inference)."""
         if not self.model.training:
             self.model.train()
         total = x0.shape[0] if batch_size is None else batch_size
-        trace = self.infer(x0, y)
+        trace = self.settle(x0, y, batch_size=total, weight_step=weight_step)
+        if trace.final_energy is not None:
+            energy = trace.final_energy
+        else:
+            energy = torch.zeros(self.L, device=self.device, dtype=self.dtype)
+            energy[-1] = self.layer_energy(self.L, trace.states[-1], trace.initial[-1].detach())
+        if not trace.learn:  # the weights learnt during inference: the loss is the last step's energy
+            return StepOutput(energy.sum().detach() / total, energy / total)
         loss = self.learning_loss(trace, total)
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         for p in trainable:
             p.grad = None
         # Only the weights: the initial graph's inputs may require grad (for inference's pullbacks).
         torch.autograd.backward(loss, inputs=trainable)
-        if trace.final_energy is not None:
-            energy = trace.final_energy
-        else:
-            energy = torch.zeros(self.L, device=self.device, dtype=self.dtype)
-            energy[-1] = self.layer_energy(self.L, trace.states[-1], trace.initial[-1].detach())
+        if weight_step is not None:
+            weight_step()
         return StepOutput(loss.detach(), energy / total)
 
     @torch.no_grad()
@@ -436,3 +511,36 @@ class PCEngine:
                 h = block(h)
         self.model.train(was_training)
         return h
+
+
+class _WeightMoves:
+    """The weights' side of a joint inference step: which tensors take part (those of the step's active
+    blocks), their gradients -(-dE_t/dtheta) * scale / B into `.grad`, and the weight step."""
+
+    def __init__(self, blocks: Sequence[nn.Module], weight_step: WeightStep, scale: float | torch.Tensor,
+                 batch_size: int) -> None:
+        self.params = [[p for p in block.parameters() if p.requires_grad] for block in blocks]
+        self.every = [p for ps in self.params for p in ps]
+        self.weight_step = weight_step
+        self.factor = scale / batch_size
+        self.taken: list[torch.Tensor] = []
+        self.directions: list[torch.Tensor] = []
+
+    def take(self, active: Sequence[int]) -> list[torch.Tensor]:
+        """The weight tensors of the active blocks (1-based), the inputs the step's autograd call adds."""
+        self.taken = [p for l in active for p in self.params[l - 1]]
+        return self.taken
+
+    def found(self, directions: Sequence[torch.Tensor]) -> None:
+        self.directions = list(directions)
+
+    def step(self) -> None:
+        """Gradients into `.grad` (None outside the active blocks: exactly zero, so no step), then the
+        weight step, stoppable."""
+        for p in self.every:
+            p.grad = None
+        with torch.no_grad():
+            for p, d in zip(self.taken, self.directions, strict=True):
+                p.grad = d.mul_(-self.factor) if isinstance(self.factor, float) else d * -self.factor
+        self.taken, self.directions = [], []
+        self.weight_step(stoppable=True)

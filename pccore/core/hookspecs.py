@@ -102,6 +102,29 @@ def pccore_register_nudging() -> Iterable[Component]:
 
 
 @hookspec
+def pccore_register_inference() -> Iterable[Component]:
+    """Inference algorithms, what happens between the initial forward pass and the weight step: the factory
+    returns an object with `weight_steps(steps)` and `infer(engine, x0, y, *, record, batch_size,
+    weight_step) -> InferenceTrace`, and optionally `check(engine)` (see
+    `pccore.core.components.InferenceAlgorithm`). State-based inference is `engine.infer`; with
+    `weight_step` it also steps the weights at every inference step (incremental PC).
+
+    Example::
+
+        class TwiceAsLong:
+            def __init__(self, params): pass
+            def weight_steps(self, steps): return 1
+            def infer(self, engine, x0, y, *, record, batch_size, weight_step):
+                engine.infer(x0, y)  # settle once, throw the states away, settle again from the new pass
+                return engine.infer(x0, y, record=record)
+
+        @pccore.hookimpl
+        def pccore_register_inference():
+            return [pccore.Component("twice", TwiceAsLong, description="inference run twice")]
+    """
+
+
+@hookspec
 def pccore_register_architecture() -> Iterable[Component]:
     """Architectures: the factory returns an object with
     `build(input_shape, num_classes, norm) -> list[nn.Module]`, the blocks f_1..f_L.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -114,3 +114,38 @@ class WarmupCosine:
             else:
                 group["lr"] = rate
                 rate.fill_(lr)
+
+
+def hold_back_zero_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+    """The stoppable optimizer's rule: a parameter whose gradient is exactly zero (every entry) gets no
+    gradient, so the optimizer's step leaves it, its moments and its step count as they are. One host
+    synchronisation for all of them."""
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return
+    nonzero = torch.stack([p.grad.ne(0).any() for p in with_grad]).tolist()
+    for p, keep in zip(with_grad, nonzero, strict=True):
+        if not keep:
+            p.grad = None
+
+
+class WeightStepper:
+    """The weight step of a training run (`WeightStep`): the gradients summed over the data-parallel
+    replicas (`sum_gradients`), with `stoppable` the exactly-zero ones held back, the optimizer step, then
+    one step of the learning-rate schedule."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, schedule: WarmupCosine | None = None,
+                 sum_gradients: Callable[[], None] | None = None) -> None:
+        self.optimizer = optimizer
+        self.schedule = schedule
+        self.sum_gradients = sum_gradients
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+
+    def __call__(self, *, stoppable: bool = False) -> None:
+        if self.sum_gradients is not None:
+            self.sum_gradients()
+        if stoppable:
+            hold_back_zero_gradients(self.params)
+        self.optimizer.step()
+        if self.schedule is not None:
+            self.schedule.step()

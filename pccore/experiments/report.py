@@ -3,12 +3,13 @@
 Rows are methods (or what `--by` names), columns are (dataset, model) pairs, and each cell is the mean ±
 population standard deviation (ddof 0) over the seeds of the best test top-1 (in %), with the number of
 seeds; runs with a validation split add two tables: the test top-1 at the epoch of the best validation
-top-1, and the best validation top-1. Names come from the components' labels (`Component.label`): a
-method joins its precision, update rule and nudging labels with "+" ("S+F"; "PC" when all three are the
-plain defaults; an update rule without inference, such as backprop, stands alone: "BP"); a column is the
-dataset's label and the architecture's label followed by the normalisation's ("CIFAR-10 VGG5BF"). The
-depth of a model (`--plot`) is its number of blocks L, counted by building the architecture on the meta
-device. A (row, column) with no run is blank. Only finished seeds (with a summary.json) count.
+top-1, and the best validation top-1. Names come from the components' labels (`Component.label`): a method
+joins its precision, update rule, nudging and inference-algorithm labels with "+" ("S+F", "S+iPC"; "PC"
+when all four are the plain defaults; an update rule without inference, such as backprop, stands alone:
+"BP"); a column is the dataset's label and the architecture's label followed by the normalisation's
+("CIFAR-10 VGG5BF"). The depth of a model (`--plot`) is its number of blocks L, counted by building the
+architecture on the meta device. A (row, column) with no run is blank. Only finished seeds (with a
+summary.json) count.
 """
 
 from __future__ import annotations
@@ -93,10 +94,11 @@ def describe_run(run_dir: Path, registry: Any) -> Run:
     precision = _label(registry, "precision", recipe.precision.name)
     update_label = _label(registry, "update", recipe.update.name)
     nudging = _label(registry, "nudging", recipe.nudging.name)
+    algorithm = _label(registry, "inference", recipe.inference.name)
     inference = bool(getattr(update, "runs_inference", True))
-    parts = [precision, update_label, nudging] if inference else [update_label]
+    parts = [precision, update_label, nudging, algorithm] if inference else [update_label]
     method = "+".join(p for p in parts if p) or PLAIN_METHOD
-    order = (inference, bool(update_label), update_label, precision, nudging)
+    order = (inference, bool(update_label), update_label, precision, nudging, algorithm)
     return Run(
         run_dir=run_dir, recipe=recipe, seeds=tuple(seeds), method=method, method_order=order,
         dataset=_label(registry, "dataset", recipe.data.name),

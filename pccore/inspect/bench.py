@@ -36,7 +36,7 @@ import torch
 from pccore.core.components import DataSpec
 from pccore.core.devices import resolve_device
 from pccore.core.errors import PccoreError, UsageError
-from pccore.core.optim import make_optimizer
+from pccore.core.optim import WeightStepper, make_optimizer
 from pccore.inspect.diagnose import first_batch
 from pccore.parallel import distributed
 from pccore.run.assemble import Assembly, assemble
@@ -91,21 +91,34 @@ class Trainer:
     batch_size: int | None = None
     reduce_seconds: list[float] = attrs.Factory(list)
 
+    _stepper: WeightStepper = attrs.field(init=False)
+
+    @_stepper.default
+    def _make_stepper(self) -> WeightStepper:
+        return WeightStepper(self.optimizer)
+
+    @property
+    def device(self) -> torch.device:
+        return self.assembly.engine.device
+
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
         """Inference and weight gradients (summed across ranks in a data-parallel run), then the optimizer
         step."""
         if self.captured is not None:  # never data-parallel: check_cuda_graphs refuses that
             self.captured(x, y)
             return
-        self.assembly.engine.train_step(x, y, self.batch_size)
+        self.assembly.engine.train_step(x, y, self.batch_size, weight_step=self._weight_step)
+
+    def _weight_step(self, *, stoppable: bool = False) -> None:
+        """The run's weight step (`pccore.core.optim.WeightStepper`, without a schedule), timing the
+        gradient sum across ranks."""
         if self.replicas is not None:
-            device = x.device
-            _synchronize(device)
+            _synchronize(self.device)
             start = time.perf_counter()
             self.replicas.sum_gradients()
-            _synchronize(device)
+            _synchronize(self.device)
             self.reduce_seconds.append(time.perf_counter() - start)
-        self.optimizer.step()
+        self._stepper(stoppable=stoppable)
 
     def resident_bytes(self, device_type: str = "cuda") -> int:
         """Bytes of the tensors on `device_type` that this trainer keeps between steps: parameters,
@@ -129,7 +142,7 @@ def build_trainer(
 ) -> Trainer:
     """Assemble `recipe` (seeded with its first seed) and an AdamW optimizer over its trainable weights; in a
     data-parallel `world`, with the gradient sum across its ranks over a global batch of data.batch_size."""
-    check_cuda_graphs(recipe, device, world.size if world is not None else 1)
+    check_cuda_graphs(recipe, device, world.size if world is not None else 1, registry)
     torch.manual_seed(recipe.run.seeds[0])
     assembly = assemble(recipe, spec, device, registry)
     params = [p for p in assembly.blocks.parameters() if p.requires_grad]

@@ -105,21 +105,42 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean,
-    `energy` [t][l], zero below the wavefront) and the cosine between each block's weight update and the
-    backprop gradient of the output loss on the same weights and batch (`cosine_to_bp` [l]; NaN for a
-    block without gradient), plus `layers`, `steps`, `loss` and `bp_loss`; for a model with multi-part
+    """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean, `energy`
+    [t][l], zero below the wavefront) and the cosine between each block's weight update and the backprop
+    gradient of the output loss on the same weights and batch (`cosine_to_bp` [l]; NaN for a block without
+    gradient; for an algorithm that steps the weights during inference, the sum of the batch's weight updates,
+    taken at the initial weights), plus `layers`, `steps`, `loss` and `bp_loss`; for a model with multi-part
     layers also `energy_parts` [part][t][l] (None where a layer has no such part). The weights, BatchNorm
     statistics and gradients are left as they were."""
     model = engine.model
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
+    params = list(model.parameters())
+    saved_grads = [p.grad for p in params]
 
     engine.prepare_batch()
-    trace = engine.infer(x, y, record=True)
-    loss = engine.learning_loss(trace)
-    pc_grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    # An algorithm that steps the weights during inference (incremental PC) hands its per-step gradients to
+    # this weight step, which adds them up and steps nothing: the update compared is the sum of the batch's
+    # weight updates at the initial weights.
+    summed: dict[int, torch.Tensor] = {}
+
+    def add_up(*, stoppable: bool = False) -> None:
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                summed[i] = summed[i] + p.grad if i in summed else p.grad.clone()
+                p.grad = None
+
+    trace = engine.settle(x, y, record=True, weight_step=add_up)
+    if trace.learn:
+        loss = engine.learning_loss(trace)
+        learnt = torch.autograd.grad(loss, params, allow_unused=True)
+    else:
+        loss = trace.final_energy.sum() / x.shape[0]
+        learnt = (None,) * len(params)
+    pc_grads = [g if i not in summed else (summed[i] if g is None else summed[i] + g) for i, g in enumerate(learnt)]
     model.load_state_dict(saved)
+    for p, g in zip(params, saved_grads, strict=True):
+        p.grad = g
 
     engine.norm.set_phase(model, "forward")
     h = x

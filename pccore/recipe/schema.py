@@ -1,8 +1,8 @@
 """The recipe schema: one attrs class per section, the component sections and their default components.
 
-A recipe has eleven sections. Six of them name a component (`[data]` a dataset, `[model]` an
-architecture, `[normalization]`, `[precision]`, `[nudging]`, `[update]`) and carry that component's
-parameters inline; the other five are plain settings.
+A recipe has eleven sections. Seven of them name a component (`[data]` a dataset, `[model]` an
+architecture, `[normalization]`, `[precision]`, `[nudging]`, `[update]`, `[inference]` an inference
+algorithm) and carry that component's parameters inline; the other four are plain settings.
 """
 
 from __future__ import annotations
@@ -104,8 +104,12 @@ class ModelSection(ComponentSection):
 
 
 @attrs.frozen
-class InferenceSection:
-    """The state optimizer of the inference phase: T steps of SGD with momentum."""
+class InferenceSection(ComponentSection):
+    """The inference algorithm (state-based PC by default) and its state optimizer: T steps of SGD with
+    momentum."""
+
+    name: str = "states"
+    params: Any = None
 
     steps: int = attrs.field(default=8, validator=expect(lambda v: v >= 0, "an integer >= 0"))
     lr: float = attrs.field(default=0.1, validator=expect(lambda v: v > 0, "a number > 0"))
@@ -186,6 +190,7 @@ COMPONENT_KINDS: dict[str, str] = {
     "precision": "precision",
     "nudging": "nudging",
     "update": "update",
+    "inference": "inference",
 }
 """The kind of component each component section names."""
 
@@ -196,6 +201,7 @@ DEFAULT_COMPONENTS: dict[str, str] = {
     "precision": "constant",
     "nudging": "clamp",
     "update": "standard",
+    "inference": "states",
 }
 """The component a section names when it has no `name` key."""
 

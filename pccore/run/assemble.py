@@ -210,6 +210,7 @@ def _build_components(recipe, registry) -> dict[str, Any]:
             ("precision", recipe.precision),
             ("nudging", recipe.nudging),
             ("update", recipe.update),
+            ("inference", recipe.inference),
             ("architecture", recipe.model),
         )
     }
@@ -253,5 +254,6 @@ def assemble(recipe, spec: DataSpec, device: torch.device, registry=None) -> Ass
         output_energy=recipe.model.output_energy,
         num_classes=spec.num_classes,
         autocast_dtype=autocast_dtype(recipe, device),
+        algorithm=built["inference"],
     )
     return Assembly(blocks=model, engine=engine, table=table, components=built)

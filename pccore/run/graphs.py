@@ -109,8 +109,9 @@ class CapturedStep:
         return StepOutput(self.outputs.loss.clone(), self.outputs.energy.clone())
 
 
-def check_cuda_graphs(recipe: Any, device: torch.device, world_size: int = 1) -> None:
-    """Refuse `run.cuda_graphs` where it cannot work, before anything is built or written."""
+def check_cuda_graphs(recipe: Any, device: torch.device, world_size: int = 1, registry: Any = None) -> None:
+    """Refuse `run.cuda_graphs` where it cannot work, before anything is built or written (with `registry`,
+    also an inference algorithm that steps the weights during inference)."""
     if not getattr(recipe.run, "cuda_graphs", False):
         return
     if device.type != "cuda":
@@ -130,3 +131,11 @@ def check_cuda_graphs(recipe: Any, device: torch.device, world_size: int = 1) ->
             f"{world_size} processes, whose gradient all-reduce happens between the backward pass and the "
             "optimizer step; set run.cuda_graphs = false to train data-parallel eagerly"
         )
+    if registry is not None:
+        algorithm = registry.build("inference", recipe.inference.name, recipe.inference.params)
+        if int(algorithm.weight_steps(recipe.inference.steps)) != 1:
+            raise UsageError(
+                f"run.cuda_graphs = true captures one weight step per batch, but inference "
+                f"\"{recipe.inference.name}\" takes {algorithm.weight_steps(recipe.inference.steps)} per batch, each "
+                "deciding on the host which weights have a gradient; set run.cuda_graphs = false to train it eagerly"
+            )

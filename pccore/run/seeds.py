@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pccore.core.errors import DivergenceError
-from pccore.core.optim import WarmupCosine, make_optimizer
+from pccore.core.optim import WarmupCosine, WeightStepper, make_optimizer
 from pccore.core.version import __version__
 from pccore.parallel import distributed
 from pccore.run.assemble import assemble
@@ -130,8 +130,11 @@ def train_seed(ctx: RunContext, seed: int, resume: bool) -> dict[str, Any]:
     batches = len(train_feeder)
     optimizer = make_optimizer([p for p in asm.blocks.parameters() if p.requires_grad], recipe.optimizer,
                                for_graphs=bool(recipe.run.cuda_graphs))
+    # An inference algorithm may take several weight steps per batch (incremental PC: T); the schedule
+    # counts every one of them.
     schedule = WarmupCosine(
-        optimizer, recipe.optimizer.lr, recipe.optimizer.schedule_epochs * batches, recipe.optimizer.warmup
+        optimizer, recipe.optimizer.lr,
+        recipe.optimizer.schedule_epochs * batches * asm.engine.weight_steps_per_batch, recipe.optimizer.warmup,
     )
 
     state = SeedState()
@@ -236,6 +239,7 @@ class SeedLoop:
         self.every = int(self.recipe.log.every)
         self.world = ctx.world
         self.replicas = distributed.ReplicaSync(self.world, asm.blocks, asm.components["normalization"])
+        self.weight_step = WeightStepper(optimizer, schedule, self.replicas.sum_gradients)
         self.val_feeder: BatchFeeder | None = val_feeder
         # run.cuda_graphs: full batches replay one captured step (train_step and the optimizer step)
         self.captured = CapturedStep(self.engine, optimizer) if self.recipe.run.cuda_graphs else None
@@ -329,11 +333,9 @@ class SeedLoop:
             size = self.train_feeder.global_size(batch - 1)  # this rank's shard averages over the global batch
             if self.captured is not None:  # one process (check_cuda_graphs): nothing to sum across ranks
                 out = self.captured(x, y)
+                self.schedule.step()
             else:
-                out = self.engine.train_step(x, y, size)
-                self.replicas.sum_gradients()
-                self.optimizer.step()
-            self.schedule.step()
+                out = self.engine.train_step(x, y, size, weight_step=self.weight_step)
             self.replicas.average_buffers()
             window.append(torch.cat([out.loss.reshape(1).to(out.energy.dtype), out.energy]))
             samples += size

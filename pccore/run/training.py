@@ -94,7 +94,7 @@ def train(
         recipe = smoke_recipe(recipe)
     torch_device = world.place(resolve_device(recipe.run.device))
     autocast_dtype(recipe, torch_device)  # bf16 off CUDA is refused here, before any folder is made
-    check_cuda_graphs(recipe, torch_device, world.size)  # so is run.cuda_graphs where it cannot work
+    check_cuda_graphs(recipe, torch_device, world.size, registry)  # so is run.cuda_graphs where it cannot work
     restarted = False
     if not resume and world.restarts > 0:
         if out_dir is None:
