@@ -55,6 +55,11 @@ ALGORITHMS: dict[str, tuple[str, list[str]]] = {
     "pc": ("PC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen"]),
     "sf0": ("S+F pure spike (BF)", ["precision.name=spiking", "precision.base=0.0", "update.name=forward",
                                     "normalization.name=frozen"]),
+    "ipc": ("iPC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen",
+                         "inference.name=incremental", "inference.variant=batchnorm"]),
+    "ipc0": ("S+iPC pure spike (BF)", ["precision.name=spiking", "precision.base=0.0", "update.name=standard",
+                                       "normalization.name=frozen", "inference.name=incremental",
+                                       "inference.variant=batchnorm"]),
 }
 """Short name -> (display name, `--set` arguments). Backprop is measured by `pccore bench` in every row."""
 

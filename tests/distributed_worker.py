@@ -152,7 +152,7 @@ def main(recipes: Path, out: Path) -> None:
     world = distributed.join()
     results: dict[str, Any] = {"rank": world.rank, "size": world.size}
     results["sf"] = command("run", str(recipes / "sf.toml"), "--out", str(out / "sf"))
-    for name in ("bf", "bf_sync", "pc"):
+    for name in ("bf", "bf_sync", "pc", "ipc"):
         built = train_capturing(recipes / f"{name}.toml", out / name)
         torch.save([asm.blocks.state_dict() for asm in built], out / f"{name}_rank{world.rank}.pt")
     results["divergence"] = diverge_on_rank_one(recipes / "pc.toml", out / "diverged", world)

@@ -124,8 +124,8 @@ def worker(tmp_path_factory, long_run) -> SimpleNamespace:
 
     - sf: `pccore run` of S+F without normalisation, two seeds, two full epochs (global batch 64: the last
       batch of 29 splits 15/14; test batches of 101 split 51/50);
-    - bf, bf_sync, pc: BatchNorm Freezing with per-rank and with synchronised statistics, standard PC
-      (batches of 33 split 17/16);
+    - bf, bf_sync, pc, ipc: BatchNorm Freezing with per-rank and with synchronised statistics, standard PC,
+      incremental PC (batches of 33 split 17/16);
     - a divergence on rank 1, errors between ranks, synchronised BatchNorm on shards of 3 and 2;
     - `pccore bench`, and `pccore run --resume` of a 1-process run interrupted in its second epoch.
     """
@@ -138,6 +138,8 @@ def worker(tmp_path_factory, long_run) -> SimpleNamespace:
         "bf": {**common, "normalization": "frozen"},
         "bf_sync": {**common, "normalization": "frozen", "normalization_sync": True},
         "pc": {**common, "update_name": "standard", "precision_name": "constant"},
+        "ipc": {**common, "update_name": "standard",
+                "inference": {"name": "incremental", "steps": 3, "lr": 0.1, "momentum": 0.1}},
     }.items():
         _recipe(recipes / name, **changes).rename(recipes / f"{name}.toml")
     with pytest.MonkeyPatch.context() as patch:
@@ -147,7 +149,7 @@ def worker(tmp_path_factory, long_run) -> SimpleNamespace:
     start = time.perf_counter()
     done = _torchrun([str(WORKER), str(recipes), str(out)], cwd=root)
     seconds = time.perf_counter() - start
-    for name in ("sf", "bf_sync", "pc"):
+    for name in ("sf", "bf_sync", "pc", "ipc"):
         assert main(["run", str(recipes / f"{name}.toml"), "--out", str(root / f"{name}_one")]) == 0
     ranks = [json.loads((out / f"rank{r}.json").read_text()) if (out / f"rank{r}.json").exists() else None
              for r in (0, 1)]
@@ -188,6 +190,14 @@ def test_rank_zero_alone_writes_files_and_prints(worker) -> None:
 def test_standard_pc_in_two_processes_trains_like_one(worker) -> None:
     _worker_ok(worker)
     _assert_same_training(worker.root / "pc_one", worker.out / "pc", [0])
+
+
+@pytest.mark.timeout(300)
+def test_incremental_pc_in_two_processes_trains_like_one(worker) -> None:
+    """iPC sums the gradients across processes at every inference step (zeros for the inactive blocks, so
+    that every process holds back the same tensors): the model follows the one-process run."""
+    _worker_ok(worker)
+    _assert_same_training(worker.root / "ipc_one", worker.out / "ipc", [0])
 
 
 @pytest.mark.timeout(300)
