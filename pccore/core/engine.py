@@ -145,11 +145,12 @@ class PCEngine:
             check(self)
 
     def _make_plan(self, weighted: list[list[bool]], moving_weights: bool = False) -> list[StepPlan]:
-        """The step plan (`pccore.core.plan`) of this engine for a zero pattern of the precision table.
-        While the weights move (`moving_weights`) no block's initial output can stand in for a new call."""
+        """The step plan (`pccore.core.plan`) of this engine for a zero pattern of the precision table;
+        `moving_weights` while the weights step during inference."""
         return make_plan(
             weighted,
-            pure_inference=bool(getattr(self.norm, "pure_inference", False)) and not moving_weights,
+            moving_weights=moving_weights,
+            pure_inference=bool(getattr(self.norm, "pure_inference", False)),
             local_graph=self.update.initial_graph == "local",
             momentum=self.momentum,
             nesterov=self.nesterov,
@@ -209,23 +210,27 @@ class PCEngine:
     def one_hot(self, y: torch.Tensor) -> torch.Tensor:
         return F.one_hot(y, self.num_classes).to(self.dtype)
 
-    def _initial_pass(self, x0: torch.Tensor) -> tuple[list[State], list[State | None]]:
-        """mu_0 for every layer, with the graph the update rule asked for, and the (detached) input each
-        block saw where inference will pull back through that block's initial graph (else None)."""
+    def _initial_pass(
+        self, x0: torch.Tensor, keep: frozenset[int] = frozenset()
+    ) -> tuple[list[State], list[State | None]]:
+        """mu_0 for every layer, with the graph the update rule asked for (and a per-block graph, input
+        detached, for the blocks in `keep` whatever the rule), and the (detached) input each block saw where
+        inference will pull back through that block's initial graph (else None)."""
         mode = self.update.initial_graph
         self.norm.set_phase(self.model, "forward" if mode == "none" else "learning")
         mu: list[State] = [x0]
         inputs: list[State | None] = [None] * (self.L + 1)
-        grad = torch.enable_grad() if mode != "none" else torch.no_grad()
-        with grad, self._autocast():
+        with self._autocast():
             for l, block in enumerate(self.blocks, start=1):
                 inp = mu[-1]
-                if mode == "local":
+                local = mode == "local" or l in keep
+                if local:
                     inp = map_state(torch.Tensor.detach, inp)
-                    if l in self._graph_inputs:
+                    if l in self._graph_inputs or (l in keep and l >= 2):
                         inp = map_state(lambda t: t.requires_grad_(True), inp)
                         inputs[l] = inp
-                out = block(inp)
+                with torch.enable_grad() if mode != "none" or local else torch.no_grad():
+                    out = block(inp)
                 self._check_structure(l, out)
                 mu.append(out)
         return mu, inputs
@@ -264,11 +269,15 @@ class PCEngine:
         gives the gradient of the step's energy E_t with respect to the weights of its active blocks,
         averaged over `batch_size` samples and times the nudging method's update scale; it goes into
         `.grad` (None for the other blocks) and `weight_step(stoppable=True)` steps the weights."""
-        initial, inputs = self._initial_pass(x0)
         L = self.L
         T = self.T if steps is None else steps
         if not 0 <= T <= self.T:
             raise ValueError(f"steps must be in 0..{self.T}, got {steps}")
+        joint_plan = self._joint_plan(T, record) if weight_step is not None else None
+        # While the weights move, a block predicts from its initial graph (weights included) until it has
+        # been active once; the initial pass keeps exactly those blocks' graphs.
+        keep = frozenset(l for p in joint_plan for l in p.reuse) if joint_plan else frozenset()
+        initial, inputs = self._initial_pass(x0, keep)
         target = self.one_hot(y)
         out_node, scale = self.nudging.output_node(initial[L].detach().to(self.dtype), target)
         layers = [
@@ -290,7 +299,7 @@ class PCEngine:
         if weight_step is not None:
             total = x0.shape[0] if batch_size is None else batch_size
             joint = _WeightMoves(self.blocks, weight_step, scale, total)
-            plan = self._joint_plan(T, record)
+            plan = joint_plan
         else:
             plan = self.recording_plan if record else self.plan
         # Without weight steps inference needs gradients for the states only; frozen parameters keep
@@ -348,8 +357,9 @@ class PCEngine:
         with self._autocast():
             for l in step.evaluate:
                 preds[l] = self.blocks[l - 1](states[l - 1])
-        for l in step.reuse:
-            preds[l] = initial[l] if l >= 2 else map_state(torch.Tensor.detach, initial[1])
+        for l in step.reuse:  # layer 1 keeps its graph only while the weights move (for their gradient)
+            keeps_graph = parts(initial[l])[0].requires_grad
+            preds[l] = initial[l] if l >= 2 or keeps_graph else map_state(torch.Tensor.detach, initial[1])
         return preds
 
     def _descent_directions(self, step: StepPlan, states, preds, inputs, werr, flat, joint=None) -> list[torch.Tensor]:

@@ -52,6 +52,7 @@ def make_plan(
     nesterov: bool,
     offsets: Sequence[int],
     lrs: Sequence[Sequence[float]],
+    moving_weights: bool = False,
 ) -> list[StepPlan]:
     """One StepPlan per step from the table's non-zero pattern (`weighted[t][l-1]`, T rows of L) and the
     wavefront.
@@ -61,17 +62,26 @@ def make_plan(
     passes are pure and an update rule that keeps the initial pass's per-block graph (`local_graph`), that
     block is not called: its initial output and graph stand in. `offsets[k]:offsets[k+1]` are layer k's
     indices in the flat list of latent state parts and `lrs[t][i]` the state rate of part i at step t (for
-    the coasting sums)."""
+    the coasting sums).
+
+    With `moving_weights` (incremental PC: the active blocks' weights step at every inference step) a
+    block's initial output stands in only until the block has been active once (its weights move then);
+    the engine keeps the initial graph of exactly those blocks, so `local_graph` is not needed."""
     T, L = len(weighted), len(weighted[0]) if weighted else 0
     steps: list[StepPlan] = []
     touched: set[int] = set()
+    stepped: set[int] = set()  # blocks whose weights have moved (moving_weights)
     last_seen = [-1] * (L + 1)
     for t in range(T):
         first = max(1, L - t)  # the wavefront: only layers l >= L - t carry error at step t
         active = [l for l in range(first, L + 1) if weighted[t][l - 1]]
         for l in active:
             last_seen[l] = t
-        reuse = tuple(l for l in active if pure_inference and (l == 1 or (local_graph and l - 1 not in touched)))
+        if moving_weights:
+            reuse = tuple(l for l in active if pure_inference and l not in stepped and (l == 1 or l - 1 not in touched))
+            stepped |= set(active)
+        else:
+            reuse = tuple(l for l in active if pure_inference and (l == 1 or (local_graph and l - 1 not in touched)))
         evaluate = tuple(l for l in active if l not in reuse)
         grad = sorted({k for l in active for k in (l - 1, l) if 1 <= k < L})
         steps.append(StepPlan(first, evaluate, reuse, tuple(l for l in active if l >= 2), tuple(grad),
