@@ -12,18 +12,18 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import pccore
 import pccore.plugin
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN_PLUGINS = [
-    "pccore_plugins.precision",
-    "pccore_plugins.update",
-    "pccore_plugins.normalization",
-    "pccore_plugins.nudging",
-    "pccore_plugins.architectures",
-    "pccore_plugins.datasets",
-]
+BUILTIN_PLUGINS = sorted(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["entry-points"]["pccore"]
+                         .values())
+"""Every module the `pccore` entry-point group registers for the built-in plugins."""
 HEAVY = ["optuna", "tensorboard", "torch.utils.tensorboard", "matplotlib"]
 """Libraries a plugin, the command line's start-up or `pccore plugins` must not pay for."""
 ABOVE_THE_CORE = [

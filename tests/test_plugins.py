@@ -418,7 +418,8 @@ def test_builtin_components_come_from_the_pccore_distribution():
         "normalization": {"none", "batchnorm", "frozen"},
         "nudging": {"clamp", "nudge", "center"},
         "architecture": {"vgg5", "vgg7", "vgg9", "vgg10", "vgg11", "vgg13", "vgg15", "vgg19", "mlp"},
-        "dataset": {"synthetic", "digits", "cifar10", "cifar100", "tinyimagenet"},
+        "dataset": {"synthetic", "digits", "cifar10", "cifar100", "tinyimagenet", "mnist", "fashionmnist",
+                    "imagenet32", "imagenette", "imagenet10", "galaxy10"},
     }
     for kind, names in expected.items():
         assert names <= set(registry.names(kind)), kind

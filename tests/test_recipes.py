@@ -13,6 +13,7 @@ import re
 from itertools import product
 from pathlib import Path
 
+import attrs
 import pytest
 
 from pccore.cli import main
@@ -61,6 +62,18 @@ Freezing (iPC_BN.py), and the offline quickstart."""
 PURE_SPIKE = ["vgg5_cifar10_sf0_bf", "vgg7_cifar10_sf0_bf", "vgg10_cifar10_sf0_bf", "vgg15_tinyimagenet_sf0_bf",
               "quickstart_sf0"]
 """The pure-spike twins (spiking base 0) of S+F recipes: <twin>_sf0_bf extends <twin>_sf_bf."""
+OTHER_DATA = {
+    "vgg5_mnist_sf_bf": ("mnist", "vgg5", 5),
+    "vgg10_mnist_sf_bf": ("mnist", "vgg10", 10),
+    "vgg5_fashionmnist_sf_bf": ("fashionmnist", "vgg5", 5),
+    "vgg10_fashionmnist_sf_bf": ("fashionmnist", "vgg10", 10),
+    "vgg5_imagenet32_sf_bf": ("imagenet32", "vgg5", 5),
+    "vgg10_imagenet32_sf_bf": ("imagenet32", "vgg10", 10),
+    "resnet18_imagenette_sf_bf": ("imagenette", "resnet18", 21),
+    "vgg10_galaxy10_sf_bf": ("galaxy10", "vgg10", 10),
+}
+"""S+F with BatchNorm Freezing on the reference code's other datasets (BEYOND.md, section C): (dataset,
+model, T), T = L for a VGG and N + 3 for the ResNet, as on CIFAR."""
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
 STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
@@ -87,7 +100,7 @@ def _names(files: list[Path]) -> list[str]:
 def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
     assert {p.stem for p in SHIPPED} == (
-        set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE) | set(IPC)
+        set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE) | set(IPC) | set(OTHER_DATA)
     )
 
 
@@ -98,7 +111,7 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
     if path.stem in QUICKSTARTS:
         assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
         return
-    if path.stem in RESNETS or path.stem in PURE_SPIKE or path.stem in IPC:
+    if path.stem in RESNETS or path.stem in PURE_SPIKE or path.stem in IPC or path.stem in OTHER_DATA:
         return  # checked value by value below
     if path.stem in MUPC:
         depth, standard = MUPC_RULE.fullmatch(path.stem).groups()
@@ -345,6 +358,33 @@ def test_a_pure_spike_recipe_is_its_twin_with_base_zero(name: str) -> None:
     assert pure == dense
 
 
+# --- the reference code's other datasets (BEYOND.md, section C) -------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_DATA))
+def test_other_dataset_recipes_run_sf_with_batchnorm_freezing_under_the_paper_protocol(name: str) -> None:
+    dataset, model, steps = OTHER_DATA[name]
+    recipe = load_recipe(_path(name))
+    assert (recipe.data.name, recipe.model.name, recipe.inference.steps) == (dataset, model, steps)
+    assert (recipe.precision.name, recipe.update.name, recipe.normalization.name) == ("spiking", "forward", "frozen")
+    assert (recipe.precision.params.peak, recipe.precision.params.base) == (1.0, 0.001)
+    assert (recipe.model.params.activation, recipe.model.params.width) == ("gelu", 1.0)
+    assert (recipe.train.epochs, recipe.train.patience, recipe.run.seeds) == (50, 10, [0, 1, 2, 3, 4])
+    assert recipe.data.batch_size == 128
+    if model == "resnet18":
+        assert recipe.model.params.aux is True
+        assert (recipe.inference.lr, recipe.optimizer.lr) == (0.804, 7.5e-4)
+    else:
+        assert (recipe.inference.lr, recipe.optimizer.lr) == (0.8, 7.5e-4)
+    params = attrs.asdict(recipe.data.params)
+    if dataset in ("mnist", "fashionmnist"):
+        assert "augment" not in params  # the reference does not augment them
+    else:
+        assert params["augment"] is True
+    if dataset == "galaxy10":
+        assert (params["size"], params["split_seed"], recipe.data.eval_batch_size) == (256, 42, 100)
+
+
 # --- running ----------------------------------------------------------------------------------------
 
 
@@ -372,7 +412,7 @@ def test_quickstart_ipc_has_the_quickstarts_budget() -> None:
     assert (ipc.inference.steps, ipc.optimizer) == (sf.inference.steps, sf.optimizer)
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE + IPC)
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE + IPC + sorted(OTHER_DATA))
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"
