@@ -118,3 +118,18 @@ def test_seeds_are_ranges_and_lists(text: str, seeds: list[int]) -> None:
 def test_bad_seeds_are_refused(text: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         parse_seeds(text)
+
+
+@pytest.mark.timeout(300)
+def test_a_sweep_of_incremental_pc_beside_sf_reports_both_methods(tmp_path: Path, capsys) -> None:
+    """iPC runs through `pccore sweep` (a process per seed) and `pccore report` labels its row S+iPC."""
+    sf = _recipe(tmp_path, "sf")
+    ipc = _recipe(tmp_path, "ipc", update={"name": "standard"},
+                  inference={"name": "incremental", "steps": 3, "lr": 0.1, "momentum": 0.1})
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(sf), str(ipc), "--workers", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert _json(out / "ipc" / "seed_0" / "summary.json")["epochs"] == 2
+    assert main(["report", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert sorted(report["rows"]) == ["S+F", "S+iPC"]
