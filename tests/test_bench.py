@@ -398,3 +398,13 @@ def test_gpu_child_killed_on_timeout(monkeypatch):
     assert gpu.run_child(gpu.BY_NAME["vgg5-sf-eager"], args, timeout=0.2) == {
         "status": "timed out after 0 s (budget)"
     }
+
+
+def test_bench_times_incremental_pc_against_backprop(recipe_path, capsys, monkeypatch):
+    """The backprop copy of an iPC recipe infers nothing (inference "states"); the iPC step is named."""
+    monkeypatch.setattr(bench, "measure_rss", lambda recipe, algorithm: 1.0)
+    assert main(["bench", str(recipe_path), "--steps", "1", "--warmup", "0", "--set", 'update.name="standard"',
+                 "--set", 'inference.name="incremental"']) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert re.fullmatch(r"pc \(standard, spiking, incremental\)  \d\.\d{4}      1\.0", lines[5])
+    assert lines[6].startswith("backprop ")
