@@ -248,11 +248,19 @@ def test_an_incremental_run_resumes_exactly(tmp_path: Path, monkeypatch, capsys)
 
 
 def test_cuda_graphs_refuse_incremental_pc_before_any_folder(tmp_path: Path, capsys) -> None:
-    recipe = _incremental(tmp_path)
+    from pccore.core.registry import get_registry
+    from pccore.recipe import load_recipe
+    from pccore.run.graphs import check_cuda_graphs
+
+    recipe = load_recipe(_incremental(tmp_path), ["run.cuda_graphs=true"])
+    with pytest.raises(UsageError, match=r'inference "incremental" takes 3 per batch.*run.cuda_graphs = false'):
+        check_cuda_graphs(recipe, torch.device("cuda"), 1, get_registry())  # the device is only named here
+    check_cuda_graphs(load_recipe(write_recipe(tmp_path), ["run.cuda_graphs=true"]), torch.device("cuda"), 1,
+                      get_registry())  # state-based inference is captured
     out = tmp_path / "o"
-    status = main(["run", str(recipe), "--out", str(out), "--set", "run.cuda_graphs=true", "--device", "cpu"])
-    assert status == 2
-    assert "needs a CUDA device" in capsys.readouterr().err  # the device is refused first on a CPU machine
+    status = main(["run", str(_incremental(tmp_path)), "--out", str(out), "--set", "run.cuda_graphs=true",
+                   "--device", "cpu"])
+    assert status == 2 and "needs a CUDA device" in capsys.readouterr().err  # on this CPU: the device first
     assert not out.exists()
 
 
