@@ -23,7 +23,7 @@ from pccore.run import seeds
 from pccore.run.checkpoint import load_checkpoint
 from pccore.run.data import BatchFeeder
 from tests.test_resume import _interrupt, _weights, _without_time
-from tests.test_training import _run, _warmup_cosine, write_recipe
+from tests.test_training import _run, _warmup_cosine, record_learning_rates, write_recipe
 
 WIDTHS = [6, 9, 8, 7, 3]
 """An MLP of L = 4 blocks: 6 -> 9 -> 8 -> 7 -> 3 classes."""
@@ -203,21 +203,7 @@ def _incremental(tmp_path: Path, **changes) -> Path:
 def test_the_schedule_counts_every_inference_step(tmp_path: Path, monkeypatch) -> None:
     """4 epochs x 5 batches x T = 3 steps = 60 AdamW steps; the 3-epoch schedule spans 45 of them (20% = 9
     of warmup) and then stays at its minimum: every rate an AdamW step used, against the formula."""
-    used: list[float] = []
-    real = seeds.make_optimizer
-
-    def recording(params, section, **options):
-        optimizer = real(params, section, **options)
-        step = optimizer.step
-
-        def recorded_step(*args, **kwargs):
-            used.append(optimizer.param_groups[0]["lr"])
-            return step(*args, **kwargs)
-
-        optimizer.step = recorded_step
-        return optimizer
-
-    monkeypatch.setattr(seeds, "make_optimizer", recording)
+    used = record_learning_rates(monkeypatch)
     lr = 1e-2
     recipe = _incremental(tmp_path, epochs=4, max_batches=5, every=5, tensorboard=False, log_checkpoints=False,
                           optimizer={"lr": lr, "weight_decay": 1e-4, "warmup": 0.2, "schedule_epochs": 3})

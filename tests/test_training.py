@@ -270,9 +270,8 @@ def _warmup_cosine(step: int, lr: float, total: int, warmup: int) -> float:
     return 0.1 * lr + 0.5 * lr * (1.0 + math.cos(math.pi * (step - warmup) / (total - warmup)))
 
 
-def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatch, capsys) -> None:
-    """A real run of 4 epochs x 5 batches with a 3-epoch schedule (15 steps, 20% = 3 of warmup): the rate
-    each AdamW step actually used, against the formula; the first step uses the warmup's first rate (lr)."""
+def record_learning_rates(monkeypatch) -> list[float]:
+    """The list that every AdamW step of the runs that follow appends its learning rate to."""
     used: list[float] = []
     real = seeds.make_optimizer
 
@@ -288,6 +287,13 @@ def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatc
         return optimizer
 
     monkeypatch.setattr(seeds, "make_optimizer", recording)
+    return used
+
+
+def test_every_optimizer_step_uses_the_scheduled_rate(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A real run of 4 epochs x 5 batches with a 3-epoch schedule (15 steps, 20% = 3 of warmup): the rate
+    each AdamW step actually used, against the formula; the first step uses the warmup's first rate (lr)."""
+    used = record_learning_rates(monkeypatch)
     lr = 1e-2
     recipe = write_recipe(tmp_path, epochs=4, max_batches=5, every=5, tensorboard=False, log_checkpoints=False,
                           optimizer={"lr": lr, "weight_decay": 1e-4, "warmup": 0.2, "schedule_epochs": 3})
