@@ -1,5 +1,5 @@
-"""What the decoded datasets share: the uint8 cache next to the data, the memory check before a dataset is
-loaded, and parallel decoding of image files.
+"""What the decoded datasets share: `data.root` checked, atomic writes, the uint8 cache next to the data,
+the memory check before a dataset is loaded, and parallel decoding of image files.
 
 A dataset whose files need decoding (JPEGs, HDF5, pickles) is decoded once into an uncompressed `.npz` of
 uint8 [N, C, H, W] images and int64 labels; later runs read that file instead. Before either, the bytes the
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pccore.plugin import DatasetUnavailable
-from pccore_plugins.datasets import _atomic_write
+from pccore.plugin import DatasetUnavailable, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,43 @@ SPLITS = ("train_images", "train_labels", "test_images", "test_labels")
 
 
 # --- memory --------------------------------------------------------------------------------------
+
+
+JPEG_SUFFIXES = (".jpeg", ".jpg")
+"""The file endings of the JPEG images that ImageFolder-style datasets read."""
+
+
+def data_root(root: str) -> Path:
+    """`data.root` as a path; UsageError when it, or a folder above it, exists and is not a folder."""
+    path = Path(root).expanduser()
+    for part in [path, *path.parents]:
+        if part.exists():
+            if not part.is_dir():
+                raise UsageError(f"data.root = {root!r}: {part} exists and is not a folder; set data.root to "
+                                 "the folder that holds (or will hold) the dataset")
+            break
+    return path
+
+
+def atomic_write(path: Path, write: Callable) -> None:
+    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
+    try:
+        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as err:
+        log.warning("could not write the cache %s: %s", path, err)
+        return
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except OSError as err:
+        log.warning("could not write the cache %s: %s", path, err)
+        Path(temp).unlink(missing_ok=True)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
 
 
 def available_memory(meminfo: Path = Path("/proc/meminfo")) -> int | None:
@@ -119,7 +156,7 @@ class Uint8Cache:
     def write(self, arrays: dict[str, np.ndarray], settings: str, source: str) -> None:
         """Write the arrays with their `settings` and `source` (atomically: a temporary file renamed)."""
         labelled = {**arrays, "settings": np.array(settings), "source": np.array(source)}
-        _atomic_write(self.path, lambda f: np.savez(f, **labelled))
+        atomic_write(self.path, lambda f: np.savez(f, **labelled))
 
     def _matches(self, archive: zipfile.ZipFile, settings: str, source: str | None) -> bool:
         stored = {}

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -21,6 +18,7 @@ import numpy as np
 import torch
 
 from pccore.plugin import Augmentation, Component, DatasetUnavailable, DataSpec, ImageData, UsageError, hookimpl
+from pccore_plugins.dataset_cache import JPEG_SUFFIXES, atomic_write, data_root, decode_parallel
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +36,6 @@ TINY_MD5 = "90528d7ca1a48142e341f4ef8d21d0de"
 TINY_FOLDER = "tiny-imagenet-200"
 TINY_CACHE = "pccore_cache_v1.npz"
 TINY_SIZE = 64
-_JPEG_SUFFIXES = (".jpeg", ".jpg")
 
 
 # --- synthetic -----------------------------------------------------------------------------------
@@ -178,7 +175,7 @@ class _Cifar:
         import torchvision.datasets
 
         reader = getattr(torchvision.datasets, self.reader_name)
-        root = _data_root(self.params.root)
+        root = data_root(self.params.root)
         try:
             train = reader(str(root), train=True, download=self.params.download)
             test = reader(str(root), train=False, download=False)
@@ -222,18 +219,6 @@ class Cifar100(_Cifar):
     std = CIFAR100_STD
 
 
-def _data_root(root: str) -> Path:
-    """`data.root` as a path; UsageError when it, or a folder above it, exists and is not a folder."""
-    path = Path(root).expanduser()
-    for part in [path, *path.parents]:
-        if part.exists():
-            if not part.is_dir():
-                raise UsageError(f"data.root = {root!r}: {part} exists and is not a folder; set data.root to "
-                                 "the folder that holds (or will hold) the dataset")
-            break
-    return path
-
-
 def _nhwc_to_nchw(array: np.ndarray) -> torch.Tensor:
     """An [N, H, W, C] uint8 array as a contiguous [N, C, H, W] tensor."""
     return torch.from_numpy(np.ascontiguousarray(array.transpose(0, 3, 1, 2)))
@@ -268,7 +253,7 @@ class TinyImageNet:
         return DataSpec((3, TINY_SIZE, TINY_SIZE), 200)
 
     def load(self) -> ImageData:
-        _data_root(self.params.root)
+        data_root(self.params.root)
         arrays = self._read_cache() if self.params.cache else None
         if arrays is None:
             self._ensure_tree()
@@ -362,16 +347,7 @@ class TinyImageNet:
         """Decode JPEGs into uint8 [N, 3, 64, 64] with a thread pool (PIL releases the GIL)."""
         out = np.empty((len(paths), TINY_SIZE, TINY_SIZE, 3), dtype=np.uint8)
         chunk = 512
-        workers = min(32, os.cpu_count() or 1)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            jobs = [pool.submit(self._decode_range, paths, out, start, min(start + chunk, len(paths)))
-                    for start in range(0, len(paths), chunk)]
-            try:
-                for job in jobs:
-                    job.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)
-                raise
+        decode_parallel(len(paths), lambda start, stop: self._decode_range(paths, out, start, stop), chunk)
         return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
 
     def _decode_range(self, paths: Sequence[Path], out: np.ndarray, start: int, stop: int) -> None:
@@ -414,35 +390,14 @@ class TinyImageNet:
 
     def _write_cache(self, arrays: dict[str, np.ndarray]) -> None:
         """Write the cache atomically (a temporary file renamed into place); failure only costs speed."""
-        _atomic_write(self.cache_path, lambda f: np.savez(f, **arrays))
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
-    try:
-        fd, temp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    except OSError as err:
-        log.warning("could not write the cache %s: %s", path, err)
-        return
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except OSError as err:
-        log.warning("could not write the cache %s: %s", path, err)
-        Path(temp).unlink(missing_ok=True)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+        atomic_write(self.cache_path, lambda f: np.savez(f, **arrays))
 
 
 def _jpegs(folder: Path) -> list[Path]:
     """The JPEG files in `folder`, sorted by name (empty when the folder does not exist)."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in _JPEG_SUFFIXES)
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES)
 
 
 @hookimpl

@@ -15,8 +15,7 @@ import numpy as np
 import torch
 
 from pccore.plugin import Augmentation, DatasetUnavailable, DataSpec, ImageData, MissingDependency
-from pccore_plugins.dataset_cache import Uint8Cache, decode_parallel, load_cached, require_memory
-from pccore_plugins.datasets import _data_root
+from pccore_plugins.dataset_cache import Uint8Cache, data_root, decode_parallel, load_cached, require_memory
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ class Galaxy10:
         return DataSpec((3, self.params.size, self.params.size), 10)
 
     def load(self) -> ImageData:
-        _data_root(self.params.root)
+        data_root(self.params.root)
         p = self.params
         cache = Uint8Cache(self.cache_path, self.title, extra=("mean", "std")) if p.cache else None
         settings = f"galaxy10 size={p.size} test=0.1 seed={p.split_seed} v1"

@@ -20,8 +20,14 @@ import numpy as np
 import torch
 
 from pccore.plugin import Augmentation, DatasetUnavailable, DataSpec, ImageData
-from pccore_plugins.dataset_cache import Uint8Cache, decode_parallel, load_cached, require_memory
-from pccore_plugins.datasets import _JPEG_SUFFIXES, _data_root
+from pccore_plugins.dataset_cache import (
+    JPEG_SUFFIXES,
+    Uint8Cache,
+    data_root,
+    decode_parallel,
+    load_cached,
+    require_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +87,7 @@ class ImageNet32:
         return DataSpec((3, 32, 32), 1000)
 
     def load(self) -> ImageData:
-        _data_root(self.params.root)
+        data_root(self.params.root)
         cache = Uint8Cache(self.folder / "pccore_cache_v1.npz", self.title) if self.params.cache else None
         arrays = load_cached(cache, "imagenet32 v1", self._source, self._decode, self.title, self._advice())
         return ImageData(*(torch.from_numpy(arrays[name]) for name in
@@ -187,7 +193,7 @@ class _ImageFolder(abc.ABC):
         self.params = params
 
     def load(self) -> ImageData:
-        _data_root(self.params.root)
+        data_root(self.params.root)
         cache = Uint8Cache(self.folder / self.cache_name, self.title) if self.params.cache else None
         settings = f"{self.title} crop={CENTER_CROP} size={self.size} v1"
         arrays = load_cached(cache, settings, self._source, self._decode, self.title, self._advice())
@@ -242,7 +248,7 @@ class _ImageFolder(abc.ABC):
             folder = self.folder / split / name
             if not folder.is_dir():
                 raise self._broken(f"{split}/ has no folder {name} (every class of train/ needs one in {split}/)")
-            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _JPEG_SUFFIXES)
+            files = sorted(p for p in folder.iterdir() if p.suffix.lower() in JPEG_SUFFIXES)
             if not files:
                 raise self._broken(f"no JPEGs in {folder}")
             paths += files

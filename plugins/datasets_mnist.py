@@ -13,8 +13,7 @@ import attrs
 import torch
 
 from pccore.plugin import DatasetUnavailable, DataSpec, ImageData
-from pccore_plugins.dataset_cache import require_memory
-from pccore_plugins.datasets import _data_root
+from pccore_plugins.dataset_cache import data_root, require_memory
 
 MNIST_MEAN = (0.5,)
 MNIST_STD = (0.5,)
@@ -47,7 +46,7 @@ class _Mnist:
         import torchvision.datasets
 
         reader = getattr(torchvision.datasets, self.reader_name)
-        root = _data_root(self.params.root)
+        root = data_root(self.params.root)
         raw = root.absolute() / self.reader_name / "raw"
         require_memory(self.title, f"its {IMAGES:,} images", IMAGES * (SIDE * SIDE + 8),
                        "free some memory or use a machine with more.")
