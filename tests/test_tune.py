@@ -321,8 +321,8 @@ def test_check_validates_a_study_and_runs_nothing(tmp_path: Path, capsys) -> Non
 @pytest.mark.parametrize(("storage", "status", "message"), [
     ("nonsense", 2, r"--storage nonsense: expected an SQLAlchemy URL"),
     ("journal:/no/such/folder/x.log", 2, r"the folder /no/such/folder does not exist"),
-    ("postgresql://user:secret@localhost/db", 1, r"user:\*\*\*@localhost/db needs the database driver 'psycopg2?', "
-                                                 r"which is not installed: pip install psycopg"),
+    ("postgresql+psycopg2://user:secret@localhost/db", 1, r"user:\*\*\*@localhost/db needs the database driver "
+                                                          r"'psycopg2', which is not installed: pip install psycopg"),
 ])
 def test_a_storage_that_cannot_be_opened_is_named(tmp_path: Path, storage: str, status: int, message: str,
                                                   capsys) -> None:
