@@ -383,6 +383,26 @@ def test_show_asks_which_study_when_a_storage_holds_several(tmp_path: Path, caps
     assert "no complete trial yet" in capsys.readouterr().out
 
 
+def test_show_lists_the_failed_trials_with_their_reasons(tmp_path: Path, capsys, monkeypatch) -> None:
+    from pccore.tune import results
+
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    handle = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    handle.tell(handle.ask(), 0.5)
+    refused = handle.ask()
+    refused.set_user_attr("reason", 'run.precision = "bf16" needs a CUDA device')
+    handle.tell(refused, state=optuna.trial.TrialState.FAIL)
+    for _ in range(2):  # its worker killed: no reason recorded
+        handle.tell(handle.ask(), state=optuna.trial.TrialState.FAIL)
+    monkeypatch.setattr(results, "SHOWN_FAILURES", 2)
+    assert main(["tune", "show", url]) == 0
+    text = capsys.readouterr().out
+    assert "1 complete, 0 pruned, 3 failed, 0 running" in text
+    assert ('failed trials:\n  trial 1: run.precision = "bf16" needs a CUDA device\n'
+            "  trial 2: stopped without a result (its worker was killed or lost)\n"
+            "  ... and 1 more (pccore tune show --json lists them all)\n") in text
+
+
 # --- worker processes ----------------------------------------------------------------------------
 
 
