@@ -187,6 +187,20 @@ def test_a_journal_trial_whose_heartbeat_stopped_is_failed_and_the_study_goes_on
     assert "trial 0 failed: its worker stopped (no heartbeat for 30 s)" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(120)
+def test_a_trial_left_running_before_its_first_heartbeat_is_failed_and_the_study_goes_on(tmp_path: Path,
+                                                                                        capsys) -> None:
+    # a worker killed (or cut off from the database) between starting a trial and its first heartbeat:
+    # Optuna's check skips a trial without heartbeats, which would then stay RUNNING for ever
+    study = write_study(tmp_path, trials=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    optuna.create_study(study_name="study", storage=_sqlite(out), direction="maximize").ask()
+    assert main(["tune", str(study), "--out", str(out), "--grace-period", "1"]) == 0
+    assert [t.state.name for t in _trials(_sqlite(out))] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "trial 0 failed: its worker stopped (no heartbeat for 1 s)" in capsys.readouterr().out
+
+
 # --- trials that diverge, are refused, are pruned ------------------------------------------------
 
 
