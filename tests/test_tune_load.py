@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
@@ -47,8 +48,12 @@ def _run_many(tmp_path: Path, *storage: str) -> tuple[dict, str, float]:
         seed = json.loads((out / "trials" / str(row["number"]) / "seed_0" / "summary.json").read_text())
         assert row["value"] == seed["best_val_top1"]
     assert len({row["worker"] for row in summary["trials"]}) > 1
-    errors = [line for line in result.stderr.splitlines() if not line.startswith(("trial ", "study "))]
-    assert not errors, result.stderr  # no "database is locked", no traceback: only progress lines
+    lines = result.stderr.splitlines()
+    errors = [line for line in lines if not line.startswith(("trial ", "study "))]
+    assert not errors, result.stderr  # no "database is locked", no traceback: only progress lines...
+    # ...each whole on its line, though the workers write them at the same moments
+    whole = re.compile(rf"trial \d+ complete: value [0-9.]+ \| [^|]+ \| \d+/{TRIALS} finished \| [^|]+")
+    assert sum(bool(whole.fullmatch(line)) for line in lines) == TRIALS, result.stderr
     return summary, result.stderr, took
 
 

@@ -282,8 +282,11 @@ class Worker:
                   f" | {params}")
 
     def _say(self, line: str) -> None:
+        """One progress line, written at once: print writes the line and its newline separately, and on an
+        unbuffered stderr (--json) the lines of workers writing at the same moment ran into each other."""
         if self.progress is not None:
-            print(line, file=self.progress, flush=True)
+            self.progress.write(line + "\n")
+            self.progress.flush()
 
 
 def _suggest(trial: optuna.Trial, key: str, entry: Any) -> Any:
