@@ -139,9 +139,20 @@ def test_the_study_example_passes_tune_check_and_searches_what_the_shipped_study
 
 
 def test_the_search_section_shows_the_commands_for_two_machines():
+    # the PostgreSQL commands are those tests/test_tune_postgres.py runs: --workers 2, its own --out, the
+    # shared --storage (psycopg 3) and --grace-period on each machine, then tune show URL --study NAME
+    import shlex
+
+    from pccore.cli import build_parser
+
     search = _section("Search and sweeps")
-    assert search.count("--storage postgresql://") == 1 and search.count("--storage journal:") == 1
-    assert "pccore tune recipes/studies/quickstart.toml --workers 2" in search
+    assert search.count("--storage postgresql+psycopg://") == 1 and search.count("--storage journal:") == 1
+    block = re.search(r"\*\*Two machines, one study\.\*\*.*?```bash\n(.*?)```", search, flags=re.DOTALL).group(1)
+    lines = block.replace("\\\n", " ").splitlines()
+    tune, show = (build_parser().parse_args(shlex.split(line)[1:]) for line in lines if line.startswith("pccore"))
+    assert (tune.study, tune.workers, tune.out) == ("recipes/studies/quickstart.toml", 2, "runs/quickstart_search")
+    assert tune.storage.startswith("postgresql+psycopg://") and tune.grace_period == 120
+    assert (show.study, show.target, show.study_name) == ("show", tune.storage, "quickstart_search")
 
 
 # --- Deeper networks -------------------------------------------------------------------------------------

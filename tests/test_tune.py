@@ -187,6 +187,20 @@ def test_a_journal_trial_whose_heartbeat_stopped_is_failed_and_the_study_goes_on
     assert "trial 0 failed: its worker stopped (no heartbeat for 30 s)" in capsys.readouterr().out
 
 
+@pytest.mark.timeout(120)
+def test_a_trial_left_running_before_its_first_heartbeat_is_failed_and_the_study_goes_on(tmp_path: Path,
+                                                                                        capsys) -> None:
+    # a worker killed (or cut off from the database) between starting a trial and its first heartbeat:
+    # Optuna's check skips a trial without heartbeats, which would then stay RUNNING for ever
+    study = write_study(tmp_path, trials=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    optuna.create_study(study_name="study", storage=_sqlite(out), direction="maximize").ask()
+    assert main(["tune", str(study), "--out", str(out), "--grace-period", "1"]) == 0
+    assert [t.state.name for t in _trials(_sqlite(out))] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "trial 0 failed: its worker stopped (no heartbeat for 1 s)" in capsys.readouterr().out
+
+
 # --- trials that diverge, are refused, are pruned ------------------------------------------------
 
 
@@ -321,8 +335,8 @@ def test_check_validates_a_study_and_runs_nothing(tmp_path: Path, capsys) -> Non
 @pytest.mark.parametrize(("storage", "status", "message"), [
     ("nonsense", 2, r"--storage nonsense: expected an SQLAlchemy URL"),
     ("journal:/no/such/folder/x.log", 2, r"the folder /no/such/folder does not exist"),
-    ("postgresql://user:secret@localhost/db", 1, r"user:\*\*\*@localhost/db needs the database driver 'psycopg2?', "
-                                                 r"which is not installed: pip install psycopg"),
+    ("postgresql+psycopg2://user:secret@localhost/db", 1, r"user:\*\*\*@localhost/db needs the database driver "
+                                                          r"'psycopg2', which is not installed: pip install psycopg"),
 ])
 def test_a_storage_that_cannot_be_opened_is_named(tmp_path: Path, storage: str, status: int, message: str,
                                                   capsys) -> None:
@@ -381,6 +395,26 @@ def test_show_asks_which_study_when_a_storage_holds_several(tmp_path: Path, caps
     assert "holds 2 studies (a, b): choose one with --study NAME" in capsys.readouterr().err
     assert main(["tune", "show", url, "--study", "b"]) == 0
     assert "no complete trial yet" in capsys.readouterr().out
+
+
+def test_show_lists_the_failed_trials_with_their_reasons(tmp_path: Path, capsys, monkeypatch) -> None:
+    from pccore.experiments.tune import results
+
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    handle = optuna.create_study(study_name="s", storage=url, direction="maximize")
+    handle.tell(handle.ask(), 0.5)
+    refused = handle.ask()
+    refused.set_user_attr("reason", 'run.precision = "bf16" needs a CUDA device')
+    handle.tell(refused, state=optuna.trial.TrialState.FAIL)
+    for _ in range(2):  # its worker killed: no reason recorded
+        handle.tell(handle.ask(), state=optuna.trial.TrialState.FAIL)
+    monkeypatch.setattr(results, "SHOWN_FAILURES", 2)
+    assert main(["tune", "show", url]) == 0
+    text = capsys.readouterr().out
+    assert "1 complete, 0 pruned, 3 failed, 0 running" in text
+    assert ('failed trials:\n  trial 1: run.precision = "bf16" needs a CUDA device\n'
+            "  trial 2: stopped without a result (its worker was killed or lost)\n"
+            "  ... and 1 more (pccore tune show --json lists them all)\n") in text
 
 
 # --- worker processes ----------------------------------------------------------------------------

@@ -7,6 +7,7 @@ its file, and an exception raised in a plugin's code names the component, its ki
 from __future__ import annotations
 
 import os
+import re
 import traceback
 
 from pccore.core.errors import PccoreError
@@ -16,6 +17,15 @@ DEBUG_ENV = "PCCORE_DEBUG"
 """Set to 1 to see the traceback of any error (the same as `pccore --debug`)."""
 
 _HOW_TO_DEBUG = f"run again with --debug (or {DEBUG_ENV}=1) to see the traceback"
+
+
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]*:)[^\s@]*@")
+
+
+def hide_passwords(text: str) -> str:
+    """`text` with the password of every URL in it (`scheme://user:password@host`) replaced by ***: a
+    command line quoted in a message may hold a database URL (`pccore tune --storage postgresql://...`)."""
+    return _PASSWORD.sub(r"\1***@", text)
 
 
 def debug_from_env() -> bool:
@@ -54,6 +64,7 @@ def describe_failure(err: BaseException, command: str, debug: bool = False) -> t
     """The message for an error that reached the top of `command`, and the exit status. With `debug` the
     traceback has been printed already, and the message points at it."""
     how_to_debug = "the traceback is printed above" if debug else _HOW_TO_DEBUG
+    command = hide_passwords(command)
     if isinstance(err, PccoreError):
         return f"pccore: error: {err}", err.exit_code
     from pccore.core.registry import blame

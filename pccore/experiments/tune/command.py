@@ -16,7 +16,15 @@ import optuna
 from pccore.core.errors import PccoreError, UsageError
 from pccore.experiments.tune import DEFAULT_GRACE_PERIOD
 from pccore.experiments.tune.results import SUMMARY_FILE, show_data, show_text, write_figures, write_results
-from pccore.experiments.tune.storage import DEFAULT_STORAGE_FILE, describe, open_storage
+from pccore.experiments.tune.storage import (
+    DEFAULT_STORAGE_FILE,
+    STORAGE_LOST_EXIT,
+    StorageUnavailable,
+    describe,
+    open_storage,
+    reporting_storage_loss,
+    storage_failure,
+)
 from pccore.experiments.tune.study import check_study, read_study
 from pccore.experiments.tune.worker import Worker, count_trials, open_study
 from pccore.parallel.processes import check_workers, device_for, parse_devices, stop, threads_per_worker, worker_env
@@ -114,9 +122,10 @@ def search(
     opened = open_storage(storage, out_dir, grace_period)
     shown = describe(storage, out_dir)
     epochs = None if "train.epochs" in study.space else int(base.train.epochs)
-    handle = open_study(study, opened, epochs)
-    _check_trial_folders(handle, out_dir, shown)
-    counts = count_trials(handle)
+    with reporting_storage_loss(shown):
+        handle = open_study(study, opened, epochs)
+        _check_trial_folders(handle, out_dir, shown)
+        counts = count_trials(handle)
     print(f"study {study.name}: {counts.finished} of {target} finished trials so far; storage {shown}; "
           f"trials in {out_dir / 'trials'}", file=progress, flush=True)
     failed: dict[int, int] = {}
@@ -132,7 +141,17 @@ def search(
         with contextlib.suppress(Exception):  # best effort: the error that stopped the study is what to report
             write_results(study, handle, out_dir, target, shown, registry)
         raise
-    summary = write_results(study, handle, out_dir, target, shown, registry)
+    lost = sorted(index for index, code in failed.items() if code == STORAGE_LOST_EXIT)
+    if lost:  # those workers said nothing: this process reports the storage once, for all of them
+        try:
+            write_results(study, handle, out_dir, target, shown, registry)
+        except Exception as err:
+            if storage_failure(err) is None:
+                raise
+            raise StorageUnavailable(shown, err, workers=len(lost)) from err
+        raise StorageUnavailable(shown, workers=len(lost))
+    with reporting_storage_loss(shown):
+        summary = write_results(study, handle, out_dir, target, shown, registry)
     summary["out_dir"] = str(out_dir)
     if failed:
         summary["failed_workers"] = failed
@@ -153,8 +172,14 @@ def _worker_process(args: argparse.Namespace) -> int:
     out_dir = Path(args.out)
     epochs = None if "train.epochs" in study.space else int(base.train.epochs)
     progress = sys.stderr if args.json else sys.stdout
-    Worker(study, open_storage(args.storage, out_dir, args.grace_period), out_dir, int(study.settings.trials),
-           args.grace_period, device_for(parse_devices(args.devices), 0), progress, registry, epochs).run()
+    parent = os.getppid()
+    try:
+        Worker(study, open_storage(args.storage, out_dir, args.grace_period), out_dir, int(study.settings.trials),
+               args.grace_period, device_for(parse_devices(args.devices), 0), progress, registry, epochs).run()
+    except StorageUnavailable:
+        if os.getppid() != parent:  # the `pccore tune` that started this worker is gone: say it here
+            raise
+        return STORAGE_LOST_EXIT  # that command reports it, once for all its workers
     return 0
 
 
@@ -231,7 +256,8 @@ def _locate(target: str, name: str | None) -> tuple[Any, str, str]:
         raise UsageError(f"pccore tune show {target}: not a folder, an SQLAlchemy URL or journal:PATH")
     storage = open_storage(storage_text, folder, DEFAULT_GRACE_PERIOD)
     shown = describe(storage_text, folder)
-    names = optuna.study.get_all_study_names(storage)
+    with reporting_storage_loss(shown):
+        names = optuna.study.get_all_study_names(storage)
     if name is None:
         if len(names) != 1:
             listed = ", ".join(names) if names else "none"
@@ -249,15 +275,16 @@ def show_command(args: argparse.Namespace, stream: TextIO | None = None) -> int:
         raise UsageError("pccore tune show needs the study's output folder or its storage (DIR_OR_STORAGE)")
     if args.top < 1:
         raise UsageError(f"--top {args.top}: expected at least 1")
-    storage, _shown, name = _locate(args.target, args.study_name)
+    storage, shown, name = _locate(args.target, args.study_name)
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    handle = optuna.load_study(study_name=name, storage=storage)
-    data = show_data(handle, args.top)
-    if args.plot is not None:
-        folder = Path(args.plot)
-        if not folder.is_dir():
-            raise UsageError(f"--plot {folder}: not an existing folder (the figures are written into it)")
-        data["figures"] = [str(p) for p in write_figures(handle, folder)]
+    with reporting_storage_loss(shown):
+        handle = optuna.load_study(study_name=name, storage=storage)
+        data = show_data(handle, args.top)
+        if args.plot is not None:
+            folder = Path(args.plot)
+            if not folder.is_dir():
+                raise UsageError(f"--plot {folder}: not an existing folder (the figures are written into it)")
+            data["figures"] = [str(p) for p in write_figures(handle, folder)]
     if args.json:
         print(json.dumps(data, indent=2), file=stream)
     else:

@@ -24,6 +24,8 @@ FIGURES = {
     "importances.png": "plot_param_importances",
 }
 """The PNG files `--plot DIR` writes and the function of `optuna.visualization.matplotlib` that draws each."""
+SHOWN_FAILURES = 10
+"""How many failed trials `pccore tune show` lists with their reasons (--json lists every trial)."""
 
 
 def _value(value: float | None) -> float | None:
@@ -157,6 +159,13 @@ def show_text(data: dict[str, Any]) -> str:
         lines.append("")
         lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
         lines += ["  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+    failed = [row for row in data["trials"] if row["state"] == "FAIL"]
+    if failed:
+        lines.append("")
+        lines.append("failed trials:")
+        lines += [f"  trial {row['number']}: {row.get('reason', '')}" for row in failed[:SHOWN_FAILURES]]
+        if len(failed) > SHOWN_FAILURES:
+            lines.append(f"  ... and {len(failed) - SHOWN_FAILURES} more (pccore tune show --json lists them all)")
     lines.append("")
     if data["importances"] is None:
         lines.append(data["importances_note"])

@@ -28,7 +28,14 @@ import optuna
 from optuna.trial import TrialState
 
 from pccore.core.errors import DivergenceError, PccoreError, UsageError
-from pccore.experiments.tune.storage import WORKER_ATTR, fail_stale_trials, journal_heartbeat, worker_name
+from pccore.experiments.tune.storage import (
+    WORKER_ATTR,
+    fail_stale_trials,
+    journal_heartbeat,
+    reporting_storage_loss,
+    storage_trouble,
+    worker_name,
+)
 from pccore.experiments.tune.study import Range, Study
 from pccore.run.files import make_folder
 
@@ -154,7 +161,13 @@ class Worker:
     """Why this worker's latest trials failed, since its last trial that did not fail."""
 
     def run(self) -> Counts:
-        """Take trials until the study has `target` finished ones; the final counts."""
+        """Take trials until the study has `target` finished ones; the final counts. The database not
+        answering stops the worker with StorageUnavailable (at the latest when its running trial next
+        reports, at the end of an epoch)."""
+        with reporting_storage_loss(self.storage):
+            return self._run()
+
+    def _run(self) -> Counts:
         self.handle = open_study(self.study, self.storage, self.epochs)
         make_folder(self.out_dir / "trials", "the trials folder")
         while True:
@@ -209,6 +222,8 @@ class Worker:
             except UsageError as err:
                 raise self._failed(trial, str(err)) from None
             except Exception as err:
+                if storage_trouble(err):
+                    raise  # nothing more can be recorded: the worker stops (see run)
                 if _out_of_memory(err):
                     raise self._failed(trial, f"out of memory: {' '.join(str(err).split())[:300]}") from None
                 message = str(err) if isinstance(err, PccoreError) else f"{type(err).__name__}: {err}"
@@ -267,8 +282,11 @@ class Worker:
                   f" | {params}")
 
     def _say(self, line: str) -> None:
+        """One progress line, written at once: print writes the line and its newline separately, and on an
+        unbuffered stderr (--json) the lines of workers writing at the same moment ran into each other."""
         if self.progress is not None:
-            print(line, file=self.progress, flush=True)
+            self.progress.write(line + "\n")
+            self.progress.flush()
 
 
 def _suggest(trial: optuna.Trial, key: str, entry: Any) -> Any:
