@@ -90,7 +90,7 @@ def save_png(figure: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def masked_energy(energy: Sequence[Sequence[float]]) -> np.ma.MaskedArray:
-    """The energy table [t][l] with every cell that a log scale cannot show masked: zeros (layers the
+    """The energy table `[t][l]` with every cell that a log scale cannot show masked: zeros (layers the
     error has not reached yet), negative and non-finite values."""
     table = np.asarray(energy, dtype=float).reshape(len(energy), -1)
     return np.ma.masked_where(~np.isfinite(table) | (table <= 0), table)
@@ -184,8 +184,8 @@ def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
     beside a bar per layer of the cosine between its weight update and the backprop gradient ("n/a"
     where the update is all zeros).
 
-    `report` is what `pccore.diagnose_recipe` (or `pccore diagnose --json`) returns: `energy` [t][l] and
-    `cosine_to_bp` [l]. Returns a matplotlib Figure.
+    `report` is what `pccore.diagnose_recipe` (or `pccore diagnose --json`) returns: `energy[t][l]` and
+    `cosine_to_bp[l]`. Returns a matplotlib Figure.
     """
     matplotlib = _matplotlib()
     energy = masked_energy(report["energy"]) if report["energy"] else np.ma.masked_all((0, 0))
@@ -230,13 +230,13 @@ def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
 
 
 def plot_schedule(schedule: Mapping[str, Any], title: str | None = None) -> Any:
-    """The precision table pi[t][l] as a heatmap, with the learning-phase row drawn apart on the right on
+    """The precision table `pi[t][l]` as a heatmap, with the learning-phase row drawn apart on the right on
     the same colour scale. The scale is logarithmic when the positive values span a factor of LOG_SPAN
     or more (zeros then show grey), linear otherwise; the dashed staircase marks the wavefront (the
     engine ignores the weights below it).
 
-    `schedule` is what `pccore.precision_schedule` (or `pccore schedule --json`) returns: `inference`
-    [t][l] and `learning` [l]. Returns a matplotlib Figure.
+    `schedule` is what `pccore.precision_schedule` (or `pccore schedule --json`) returns:
+    `inference[t][l]` and `learning[l]`. Returns a matplotlib Figure.
     """
     matplotlib = _matplotlib()
     learning = np.asarray(schedule["learning"], dtype=float)
