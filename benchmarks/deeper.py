@@ -1,7 +1,7 @@
-"""The depth table of the README's "Deeper networks" section, measured on the offline digits.
+"""The depth table of docs/deeper.md ("Deeper networks"), measured on the offline digits.
 
     python benchmarks/deeper.py                   # every row at the recipes' epochs (CPU: over an hour)
-    python benchmarks/deeper.py --epochs 5        # the README's table (CPU: about 40 minutes)
+    python benchmarks/deeper.py --epochs 5        # the table of docs/deeper.md (CPU: about 40 minutes)
     python benchmarks/deeper.py --rows mupc-d8,standard-d8 --epochs 2 --out /tmp/deeper.md
 
 Rows: muPC's residual MLP (recipes/mupc_digits_d32.toml) at depth 8, 32 and 128 against the same network in

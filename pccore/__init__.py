@@ -15,7 +15,7 @@ Your own blocks
     PCEngine, StepOutput                the engine and what its training step returns
 
 Looking inside
-    precision_schedule(recipe)          the precision table pi[t][l] (`pccore schedule --json`)
+    precision_schedule(recipe)          the precision table `pi[t][l]` (`pccore schedule --json`)
     diagnose_recipe(recipe)             one batch's energies per step and cosines to backprop
     diagnose_batch(engine, x, y)        the same for your engine and batch
     benchmark(recipe)                   step time and memory against backprop (`pccore bench --json`)

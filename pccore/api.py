@@ -384,7 +384,7 @@ def _check_object(argument: str, value: Any) -> Any:
 
 def precision_schedule(recipe: RecipeSource, overrides: Overrides = None, *, registry: Any = None) -> dict:
     """The precision table the recipe will use, as `pccore schedule --json` prints it: `layers`, `steps`,
-    `inference` [t][l] and `learning` [l]. Draw it with `pccore.plot_schedule`."""
+    `inference[t][l]` and `learning[l]`. Draw it with `pccore.plot_schedule`."""
     from pccore.inspect.diagnose import schedule_report
 
     registry = _registry(registry)
@@ -400,8 +400,8 @@ def diagnose_recipe(
     registry: Any = None,
 ) -> dict:
     """One batch of the recipe, as `pccore diagnose --json` reports it: the energy of every layer at every
-    inference step (`energy` [t][l], batch mean) and the cosine of each layer's weight update to the
-    backprop gradient (`cosine_to_bp` [l]). `smoke` uses random data shaped like the dataset. Draw it with
+    inference step (`energy[t][l]`, batch mean) and the cosine of each layer's weight update to the
+    backprop gradient (`cosine_to_bp[l]`). `smoke` uses random data shaped like the dataset. Draw it with
     `pccore.plot_diagnosis`; for your own engine and batch use `pccore.diagnose_batch(engine, x, y)`."""
     from pccore.core.devices import resolve_device
     from pccore.inspect.diagnose import diagnose_report

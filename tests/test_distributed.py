@@ -49,7 +49,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fi
 def _env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in TORCHRUN_VARIABLES}
     # TORCH_DISABLE_SHARE_RDZV_TCP_STORE: torch 2.14's restarted workers otherwise often read the dead
-    # workers' addresses from the store they share with the launcher (README, "Several GPUs and machines")
+    # workers' addresses from the store they share with the launcher (docs/distributed.md)
     return {**env, "OMP_NUM_THREADS": "1", "PCCORE_DIST_TIMEOUT": "60", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1",
             **extra}
 

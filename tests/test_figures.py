@@ -14,6 +14,7 @@ import pytest
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
+import pccore
 from pccore.cli import main
 from pccore.core.errors import MissingDependency, UsageError
 from pccore.inspect import figures
@@ -146,6 +147,120 @@ def test_save_png_writes_a_valid_png_of_the_figure(tmp_path):
     assert (width, height) == (round(w_in * 120), round(h_in * 120))
     assert len(data) > 5000
     assert [p.name for p in tmp_path.iterdir()] == ["d.PNG"]  # no temporary file left behind
+
+
+# --- no text off the canvas ---------------------------------------------------------------------
+
+
+def _drawn_text_outside(figure, monkeypatch, dpi: float = 120) -> list[str]:
+    """Every text the figure draws (at `dpi`, save_png's) whose window extent leaves the figure's canvas,
+    named with its extent. Only texts actually drawn count: matplotlib keeps tick labels outside the
+    view limits as invisible-in-practice artists that are never drawn."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.text import Text
+
+    drawn = []
+    real_draw = Text.draw
+
+    def recording_draw(self, renderer):
+        drawn.append(self)
+        return real_draw(self, renderer)
+
+    canvas = FigureCanvasAgg(figure)
+    figure.set_dpi(dpi)
+    monkeypatch.setattr(Text, "draw", recording_draw)
+    canvas.draw()
+    monkeypatch.setattr(Text, "draw", real_draw)
+    renderer = canvas.get_renderer()
+    box = figure.bbox
+    outside = []
+    for text in drawn:
+        if not (text.get_visible() and text.get_text().strip()):
+            continue
+        extent = text.get_window_extent(renderer)
+        if extent.x0 < box.x0 - 0.5 or extent.x1 > box.x1 + 0.5 or extent.y0 < box.y0 - 0.5 or extent.y1 > box.y1 + 0.5:
+            outside.append(f"{text.get_text()!r} at {extent.bounds} (canvas {box.bounds})")
+    assert drawn, "nothing was drawn"
+    return outside
+
+
+def _report(steps: int, layers: int, cosine: float = 1.0) -> dict:
+    energy = [[0.0 if l < layers - 1 - t else 10.0 ** -(t % 5) for l in range(layers)] for t in range(steps)]
+    return {"layers": layers, "steps": steps, "energy": energy, "cosine_to_bp": [cosine] * layers}
+
+
+QUICKSTART_TITLE = "quickstart: spiking precision, forward update, frozen normalization"
+
+
+@pytest.mark.parametrize("steps,layers,cosine", [
+    (5, 5, 1.0),      # the quickstart recipe's diagnosis: the figure of the bug report
+    (5, 5, -1.0),
+    (1, 1, 0.3),
+    (0, 3, math.nan),
+    (3, 17, 0.999),   # VGG19
+    (40, 129, 0.5),   # muPC, 128 hidden layers
+])
+def test_the_diagnosis_keeps_its_text_on_the_canvas(monkeypatch, steps, layers, cosine):
+    figure = plot_diagnosis(_report(steps, layers, cosine), title=QUICKSTART_TITLE)
+    assert _drawn_text_outside(figure, monkeypatch) == []
+    # the cosine labels also stay inside their panel, rather than over its frame
+    bar_ax = figure.axes[1]
+    panel = bar_ax.get_window_extent()
+    for label in bar_ax.texts:
+        extent = label.get_window_extent()
+        assert panel.x0 <= extent.x0 and extent.x1 <= panel.x1, label.get_text()
+
+
+def test_the_quickstart_diagnosis_title_is_wrapped_not_cut(monkeypatch):
+    figure = plot_diagnosis(_report(5, 5), title=QUICKSTART_TITLE)
+    title = figure.axes[0].get_title()
+    assert "\n" in title and " ".join(title.split()) == (
+        "energy per layer and step (grey: zero; below the dashed wavefront no error has arrived)")
+
+
+@pytest.mark.parametrize("steps,layers", [(5, 5), (1, 1), (0, 2), (2, 30), (15, 15), (40, 17), (129, 129)])
+def test_the_schedule_keeps_its_text_on_the_canvas(monkeypatch, steps, layers):
+    schedule = {"layers": layers, "steps": steps, "learning": [1.0] * layers,
+                "inference": [[1.0 if l == layers - 1 - t else 0.001 for l in range(layers)] for t in range(steps)]}
+    figure = plot_schedule(schedule, title=f"a_long_recipe_name_of_a_study: precision 'spiking', {layers} layers, "
+                                           f"T = {steps}")
+    assert _drawn_text_outside(figure, monkeypatch) == []
+
+
+@pytest.mark.parametrize("datasets", [["CIFAR-10"], ["CIFAR-10", "CIFAR-100", "Tiny ImageNet"]])
+def test_the_depth_figure_keeps_its_text_on_the_canvas(monkeypatch, datasets):
+    columns = [{"dataset": d, "model": f"VGG{n}", "normalization": ""} for d in datasets for n in (5, 7, 10, 15)]
+    rows = ["BP", "PC", "S+F", "D+F, inference.steps=20"]
+    cells = [{"row": row, "dataset": c["dataset"], "model": c["model"], "depth": int(c["model"][3:]),
+              "best_top1_mean": 0.5 + 0.01 * i, "best_top1_std": 0.01}
+             for i, row in enumerate(rows) for c in columns]
+    figure = pccore.plot_depth({"rows": rows, "columns": columns, "cells": cells},
+                               title="best test top-1 against depth, every method of the paper's tables")
+    assert _drawn_text_outside(figure, monkeypatch) == []
+
+
+def test_the_tune_figures_keep_their_text_on_the_canvas(tmp_path, monkeypatch):
+    """Optuna draws the study's figures; pccore lays them out before writing them."""
+    import optuna
+
+    from pccore.experiments.tune import results
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
+    study.optimize(lambda trial: trial.suggest_float("inference.lr", 0.1, 0.9, log=True)
+                   + trial.suggest_categorical("inference.momentum", [0.0, 0.1])
+                   + trial.suggest_float("optimizer.lr", 3e-4, 3e-3, log=True), n_trials=8)
+    outside = {}
+    real_save = figures.save_png
+
+    def checking_save(figure, path):
+        with pytest.MonkeyPatch.context() as patch:
+            outside[path.name] = _drawn_text_outside(figure, patch)
+        return real_save(figure, path)
+
+    monkeypatch.setattr(figures, "save_png", checking_save)
+    results.write_figures(study, tmp_path)
+    assert outside == {"history.png": [], "parallel_coordinate.png": [], "importances.png": []}
 
 
 # --- output paths ---------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ def _print_grid(title: str, row_label: str, rows: list[list[float]], layers: int
 
 
 def schedule_report(recipe, registry) -> dict:
-    """The precision table as plain data: `layers`, `steps`, `inference` [t][l] and `learning` [l]."""
+    """The precision table as plain data: `layers`, `steps`, `inference[t][l]` and `learning[l]`."""
     table = precision_table(recipe, registry)
     return {"layers": table.layers, "steps": table.steps, "inference": table.inference.tolist(),
             "learning": table.learning.tolist()}
@@ -105,13 +105,13 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
-    """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean, `energy`
-    [t][l], zero below the wavefront) and the cosine between each block's weight update and the backprop
-    gradient of the output loss on the same weights and batch (`cosine_to_bp` [l]; NaN for a block without
-    gradient; for an algorithm that steps the weights during inference, the sum of the batch's weight updates,
-    taken at the initial weights), plus `layers`, `steps`, `loss` and `bp_loss`; for a model with multi-part
-    layers also `energy_parts` [part][t][l] (None where a layer has no such part). The weights, BatchNorm
-    statistics and gradients are left as they were."""
+    """One batch through `engine`, as data: the energy of every layer at every inference step (batch mean,
+    `energy[t][l]`, zero below the wavefront) and the cosine between each block's weight update and the
+    backprop gradient of the output loss on the same weights and batch (`cosine_to_bp[l]`; NaN for a
+    block without gradient; for an algorithm that steps the weights during inference, the sum of the
+    batch's weight updates, taken at the initial weights), plus `layers`, `steps`, `loss` and `bp_loss`; for
+    a model with multi-part layers also `energy_parts[part][t][l]` (None where a layer has no such part).
+    The weights, BatchNorm statistics and gradients are left as they were."""
     model = engine.model
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}

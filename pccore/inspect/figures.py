@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,10 @@ PLOT_EXTRA = 'pip install "pccore[plot]"'
 LOG_SPAN = 100.0
 """A precision table whose largest positive value is at least this many times its smallest is drawn on a
 log colour scale (the spiking table spans peak / base = 1000); a narrower one on a linear scale."""
+
+MAX_CELLS = 40
+"""The heatmaps grow with the steps and layers up to this many of each, then keep their size (a deeper
+model's cells get thinner; its ticks are spaced out by `_ticks`)."""
 
 MASKED_COLOR = "#d9d9d9"
 """Cells without a value on the log scale: zero energy below the wavefront, or a zero precision."""
@@ -85,7 +90,7 @@ def save_png(figure: Any, path: str | os.PathLike[str]) -> Path:
 
 
 def masked_energy(energy: Sequence[Sequence[float]]) -> np.ma.MaskedArray:
-    """The energy table [t][l] with every cell that a log scale cannot show masked: zeros (layers the
+    """The energy table `[t][l]` with every cell that a log scale cannot show masked: zeros (layers the
     error has not reached yet), negative and non-finite values."""
     table = np.asarray(energy, dtype=float).reshape(len(energy), -1)
     return np.ma.masked_where(~np.isfinite(table) | (table <= 0), table)
@@ -127,6 +132,43 @@ def _step_axis(ax: Any, steps: int) -> None:
     ax.set_xlabel("inference step t")
 
 
+def _cosine_label(cosine: float) -> tuple[float, str, str, str]:
+    """Where a cosine bar's value is written, as (x, text, ha, color): beyond the bar's end when there is
+    room for it inside the panel's [-1.15, 1.15], else inside the bar's end in white; "n/a" at zero."""
+    if math.isnan(cosine):
+        return 0.0, " n/a", "left", "black"
+    text = f"{cosine:.2f}"
+    inside = abs(cosine) > 0.55  # the label is about 0.45 wide on this axis: beyond the bar it would overflow
+    if cosine >= 0:
+        return (cosine, f"{text} ", "right", "white") if inside else (cosine, f" {text}", "left", "black")
+    return (cosine, f" {text}", "left", "white") if inside else (cosine, f"{text} ", "right", "black")
+
+
+def _fit_text(figure: Any) -> Any:
+    """Wrap every panel title wider than its panel, and a figure title wider than the figure, onto more
+    lines, so that no text runs off the canvas (constrained layout moves panels, but cannot shorten a
+    title wider than the figure itself). Lays the figure out to measure, at most a few times."""
+    for _ in range(4):
+        figure.draw_without_rendering()
+        changed = False
+        titles = [(ax.title, ax.get_window_extent().width) for ax in figure.axes]
+        titles += [(text, figure.bbox.width) for text in figure.texts]  # the figure's title
+        for text, room in titles:
+            width = text.get_window_extent().width
+            if not text.get_text() or width <= room:
+                continue
+            words = " ".join(text.get_text().split())
+            longest = max(len(line) for line in text.get_text().splitlines())
+            chars = max(8, int(longest * room / width) - 1)
+            if chars >= longest:
+                chars = longest - 1
+            text.set_text(textwrap.fill(words, chars, break_long_words=False))
+            changed = True
+        if not changed:
+            break
+    return figure
+
+
 def _ticks(count: int, start: int = 1) -> list[int]:
     """Every index up to 16 of them, else about ten evenly spaced ones."""
     stride = 1 if count <= 16 else math.ceil(count / 10)
@@ -142,37 +184,41 @@ def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
     beside a bar per layer of the cosine between its weight update and the backprop gradient ("n/a"
     where the update is all zeros).
 
-    `report` is what `pccore.diagnose_recipe` (or `pccore diagnose --json`) returns: `energy` [t][l] and
-    `cosine_to_bp` [l]. Returns a matplotlib Figure.
+    `report` is what `pccore.diagnose_recipe` (or `pccore diagnose --json`) returns: `energy[t][l]` and
+    `cosine_to_bp[l]`. Returns a matplotlib Figure.
     """
     matplotlib = _matplotlib()
     energy = masked_energy(report["energy"]) if report["energy"] else np.ma.masked_all((0, 0))
     cosines = [float(c) for c in report["cosine_to_bp"]]
     layers, steps = len(cosines), energy.shape[0]
-    figure = matplotlib.figure.Figure(figsize=(4.0 + 0.35 * steps + 3.0, 1.2 + 0.45 * max(layers, 4)),
+    figure = matplotlib.figure.Figure(figsize=(4.0 + 0.35 * min(steps, MAX_CELLS) + 3.0,
+                                               1.2 + 0.45 * min(max(layers, 4), MAX_CELLS)),
                                       layout="constrained")
-    heat_ax, bar_ax = figure.subplots(1, 2, sharey=True, width_ratios=[max(steps, 3), 3])
+    heat_ax, bar_ax = figure.subplots(1, 2, sharey=True, width_ratios=[max(min(steps, MAX_CELLS), 3), 3])
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad=MASKED_COLOR)
     if steps and layers:
         image = heat_ax.imshow(energy.T, origin="lower", aspect="auto", cmap=cmap,
                                norm=_log_norm(matplotlib, energy), interpolation="nearest")
+        height = figure.get_size_inches()[1]  # the bar's share of the panel: about 0.6 inches, gap and all
         figure.colorbar(image, ax=heat_ax, location="bottom", shrink=0.8, aspect=40,
+                        fraction=min(0.15, 0.6 / height), pad=min(0.15, 0.6 / height),
                         label="energy (batch mean, log scale)")
         _wavefront(heat_ax, layers, steps, color="black", hatch=False)
         _step_axis(heat_ax, steps)
     else:
         heat_ax.text(0.5, 0.5, "no inference steps", ha="center", va="center", transform=heat_ax.transAxes)
     heat_ax.set_title("energy per layer and step (grey: zero; below the dashed wavefront no error has arrived)",
-                      fontsize="medium")
+                      fontsize="medium")  # wrapped to the panel's width by _fit_text
     _layer_axis(heat_ax, layers)
 
     positions = list(range(layers))
     colors = ["tab:blue" if c >= 0 else "tab:red" for c in cosines]
     bar_ax.barh(positions, cosines, color=colors, height=0.7)
     for y, c in zip(positions, cosines, strict=True):
-        text = "n/a" if math.isnan(c) else f"{c:.2f}"
-        bar_ax.text(0.0 if math.isnan(c) else c, y, f" {text} ", va="center",
-                    ha="left" if math.isnan(c) or c >= 0 else "right", fontsize="small")
+        if layers > MAX_CELLS:  # rows too thin to carry their values
+            break
+        x, label, ha, color = _cosine_label(c)
+        bar_ax.text(x, y, label, ha=ha, va="center", color=color, fontsize="small")
     bar_ax.axvline(0.0, color="black", linewidth=0.8)
     bar_ax.set_xlim(-1.15, 1.15)
     bar_ax.set_xlabel("cosine to backprop")
@@ -180,17 +226,17 @@ def plot_diagnosis(report: Mapping[str, Any], title: str | None = None) -> Any:
     bar_ax.tick_params(labelleft=False)
     if title:
         figure.suptitle(title)
-    return figure
+    return _fit_text(figure)
 
 
 def plot_schedule(schedule: Mapping[str, Any], title: str | None = None) -> Any:
-    """The precision table pi[t][l] as a heatmap, with the learning-phase row drawn apart on the right on
+    """The precision table `pi[t][l]` as a heatmap, with the learning-phase row drawn apart on the right on
     the same colour scale. The scale is logarithmic when the positive values span a factor of LOG_SPAN
     or more (zeros then show grey), linear otherwise; the dashed staircase marks the wavefront (the
     engine ignores the weights below it).
 
-    `schedule` is what `pccore.precision_schedule` (or `pccore schedule --json`) returns: `inference`
-    [t][l] and `learning` [l]. Returns a matplotlib Figure.
+    `schedule` is what `pccore.precision_schedule` (or `pccore schedule --json`) returns:
+    `inference[t][l]` and `learning[l]`. Returns a matplotlib Figure.
     """
     matplotlib = _matplotlib()
     learning = np.asarray(schedule["learning"], dtype=float)
@@ -213,7 +259,8 @@ def plot_schedule(schedule: Mapping[str, Any], title: str | None = None) -> Any:
         norm = matplotlib.colors.Normalize(vmin=low, vmax=high if high > low else low + 1.0)
         scale = "linear scale"
     cmap = matplotlib.colormaps["magma"].with_extremes(bad=MASKED_COLOR)
-    figure = matplotlib.figure.Figure(figsize=(3.5 + 0.4 * max(steps, 1) + 1.2, 1.2 + 0.45 * max(layers, 4)),
+    figure = matplotlib.figure.Figure(figsize=(3.5 + 0.4 * min(max(steps, 1), MAX_CELLS) + 1.2,
+                                               1.2 + 0.45 * min(max(layers, 4), MAX_CELLS)),
                                       layout="constrained")
     table_ax, learn_ax = figure.subplots(1, 2, sharey=True, width_ratios=[max(steps, 1), 1])
     image = None
@@ -239,7 +286,7 @@ def plot_schedule(schedule: Mapping[str, Any], title: str | None = None) -> Any:
                     label=f"precision ({scale})", pad=0.02)
     if title:
         figure.suptitle(title)
-    return figure
+    return _fit_text(figure)
 
 
 def _annotate(ax: Any, table: np.ndarray, norm: Any) -> None:
@@ -283,5 +330,5 @@ def plot_depth(report: Mapping[str, Any], title: str | None = None) -> Any:
         ax.legend(fontsize="small")
     if title:
         figure.suptitle(title)
-    return figure
+    return _fit_text(figure)
 

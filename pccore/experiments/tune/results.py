@@ -204,6 +204,9 @@ def write_figures(handle: optuna.Study, folder: Path) -> list[Path]:
             warnings.simplefilter("ignore")
             axes = getattr(optuna_plots, function)(handle)
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            # Optuna lays its figures out for the screen: its legends, long parameter names and rotated
+            # labels run off the canvas; the tight layout fits the panels around them
+            figure.set_layout_engine("tight")
             try:
                 written.append(save_png(figure, folder / name))
             finally:

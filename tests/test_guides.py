@@ -1,4 +1,6 @@
-"""The README's "Python API" section runs as written, so it cannot rot."""
+"""What the guides (docs/*.md) promise holds: the API example trains what it says, the commands name
+shipped recipes and parse, the tables are those of the models. tests/test_examples.py runs every example;
+these check what each one shows."""
 
 from __future__ import annotations
 
@@ -18,20 +20,16 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def _section(heading: str) -> str:
-    """The text of a `## heading` section of the README."""
-    parts = re.split(r"^## (.+)$", README, flags=re.MULTILINE)
-    sections = {parts[i].strip(): parts[i + 1] for i in range(1, len(parts), 2)}
-    return sections[heading]
+def _page(name: str) -> str:
+    """The text of a guide, docs/<name>.md."""
+    return (DOCS / f"{name}.md").read_text()
 
 
-API = _section("Python API")
+API = _page("api")
 EXAMPLE = re.search(r"```python\n(.*?)```", API, flags=re.DOTALL).group(1)
-
-
 
 
 def test_the_example_is_short():
@@ -40,7 +38,7 @@ def test_the_example_is_short():
 
 def test_the_example_trains_a_users_model_with_sf_and_batchnorm_freezing(one_thread, capsys):
     namespace: dict = {"__name__": "readme_example"}
-    exec(compile(EXAMPLE, "README.md (Python API)", "exec"), namespace)
+    exec(compile(EXAMPLE, "docs/api.md", "exec"), namespace)
     engine = namespace["engine"]
     # the components the text promises: spiking precision, forward update, BatchNorm Freezing
     assert isinstance(engine.update, ForwardUpdate) and isinstance(engine.norm, FrozenBatchNorm)
@@ -63,7 +61,7 @@ def test_the_section_names_only_public_functions():
 
 
 def test_the_figures_section_shows_both_plot_commands():
-    figures = _section("Figures")
+    figures = _page("figures")
     assert 'pip install "pccore[plot]"' in figures
     assert "pccore diagnose recipes/quickstart.toml --plot diagnosis.png" in figures
     assert "pccore schedule recipes/vgg10_cifar10_df.toml --plot decaying.png" in figures
@@ -71,7 +69,7 @@ def test_the_figures_section_shows_both_plot_commands():
 
 # --- Several GPUs and machines ---------------------------------------------------------------------------
 
-DISTRIBUTED = _section("Several GPUs and machines")
+DISTRIBUTED = _page("distributed")
 
 
 def _torchrun_commands() -> list[list[str]]:
@@ -123,7 +121,7 @@ def test_the_expected_allreduce_traffic_is_that_of_the_models():
 def test_the_study_example_passes_tune_check_and_searches_what_the_shipped_study_searches(tmp_path, capsys):
     from pccore.cli import main
 
-    search = _section("Search and sweeps")
+    search = _page("search")
     example = re.search(r"```toml\n(.*?)```", search, flags=re.DOTALL).group(1)
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     study = tmp_path / "example.toml"
@@ -145,7 +143,7 @@ def test_the_search_section_shows_the_commands_for_two_machines():
 
     from pccore.cli import build_parser
 
-    search = _section("Search and sweeps")
+    search = _page("search")
     assert search.count("--storage postgresql+psycopg://") == 1 and search.count("--storage journal:") == 1
     block = re.search(r"\*\*Two machines, one study\.\*\*.*?```bash\n(.*?)```", search, flags=re.DOTALL).group(1)
     lines = block.replace("\\\n", " ").splitlines()
@@ -157,7 +155,7 @@ def test_the_search_section_shows_the_commands_for_two_machines():
 
 # --- Deeper networks -------------------------------------------------------------------------------------
 
-DEEPER = _section("Deeper networks")
+DEEPER = _page("deeper")
 
 
 def test_the_deeper_networks_commands_name_shipped_recipes_and_parse():
@@ -167,8 +165,8 @@ def test_the_deeper_networks_commands_name_shipped_recipes_and_parse():
     from pccore.recipe import load_recipe
 
     root = Path(__file__).resolve().parents[1]
-    block = re.search(r"```bash\n(.*?)```", DEEPER, flags=re.DOTALL).group(1)
-    commands = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    blocks = re.findall(r"```bash\n(.*?)```", DEEPER, flags=re.DOTALL)
+    commands = [shlex.split(line, comments=True) for block in blocks for line in block.splitlines() if line.strip()]
     assert [c[:2] for c in commands] == [["pccore", "run"]] * 3 + [["pccore", "diagnose"]]
     for command in commands:
         args = build_parser().parse_args(command[1:])
