@@ -159,6 +159,10 @@ class Worker:
     handle: optuna.Study | None = None
     failures: list[str] = attrs.Factory(list)
     """Why this worker's latest trials failed, since its last trial that did not fail."""
+    watching: set[int] = attrs.Factory(set)
+    """Other workers' trials seen running at the last check (this worker runs none while it checks)."""
+    reported: set[int] = attrs.Factory(set)
+    """The lost trials already reported."""
 
     def run(self) -> Counts:
         """Take trials until the study has `target` finished ones; the final counts. The database not
@@ -177,7 +181,7 @@ class Worker:
                     "stops (the finished trials are kept): fix the study file or its recipe and run the command "
                     "again to continue the study"
                 )
-            for number in fail_stale_trials(self.handle, self.storage, self.grace_period):
+            for number in self._lost_trials():
                 self._say(f"trial {number} failed: its worker stopped (no heartbeat for {self.grace_period} s)")
             with _folder_lock(self.out_dir) as release:
                 counts = count_trials(self.handle)
@@ -188,6 +192,19 @@ class Worker:
                     time.sleep(POLL_S)  # the running trials may still fail: then more are needed
                     continue
                 self._run_one(release)
+
+    def _lost_trials(self) -> list[int]:
+        """The trials of other workers that are now failed for want of a heartbeat, each reported once: those
+        this check fails, and those found running before and failed since without a reason of their own
+        (Optuna fails stale trials too, when a worker starts its next trial)."""
+        failed = set(fail_stale_trials(self.handle, self.storage, self.grace_period))
+        trials = self.handle.get_trials(deepcopy=False)
+        failed |= {t.number for t in trials if t.number in self.watching and t.state == TrialState.FAIL
+                   and REASON_ATTR not in t.user_attrs}
+        self.watching = {t.number for t in trials if t.state == TrialState.RUNNING}
+        lost = sorted(failed - self.reported)
+        self.reported.update(lost)
+        return lost
 
     def _run_one(self, release: Callable[[], None]) -> None:
         """One trial through Optuna (the lock is released once it is registered)."""
