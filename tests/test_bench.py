@@ -84,7 +84,8 @@ def test_bench_json_report(recipe_path, capsys):
     report = json.loads(capsys.readouterr().out)
     expected = {
         "recipe": str(recipe_path), "model": "mlp", "layers": 3, "steps": 3, "batch_size": 6,
-        "input_shape": [1, 4, 4], "update": "forward", "precision": "spiking", "normalization": "none",
+        "input_shape": [1, 4, 4], "update": "forward", "precision": "spiking", "inference": "states",
+        "normalization": "none",
         "device": "cpu", "device_name": "cpu", "torch": torch.__version__, "threads": 1, "compile": False,
         "autocast": "fp32", "timed_steps": 2, "warmup": 1,
         "memory": "peak RSS growth of a separate process per algorithm",

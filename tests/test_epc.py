@@ -200,3 +200,106 @@ def _no_normalization():
     from pccore_plugins.normalization import NoNormalization  # noqa: PLC0415
 
     return NoNormalization(NoParams())
+
+
+def test_data_parallel_shards_add_up_to_the_whole_batch() -> None:
+    """Each sample's errors settle on their own (no BatchNorm), so two shards, each averaging over the
+    global batch, give gradients that add up to the whole batch's: what the replicas' sum relies on."""
+    generator = torch.Generator().manual_seed(2)
+    x = torch.randn(16, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (16,), generator=generator)
+    grads = []
+    for shards in ((slice(0, 16),), (slice(0, 7), slice(7, 16))):
+        blocks = _mlp()
+        engine = pccore.make_engine(blocks, num_classes=3, inference="errors", steps=6, lr=0.1)
+        total = None
+        for part in shards:
+            engine.train_step(x[part], y[part], batch_size=16)
+            g = [p.grad.clone() for b in blocks for p in b.parameters()]
+            total = g if total is None else [a + b for a, b in zip(total, g, strict=True)]
+        grads.append(total)
+    for a, b in zip(*grads, strict=True):
+        assert torch.allclose(a, b, rtol=0, atol=1e-14)
+
+
+def test_diagnose_sees_every_layer_reached_at_the_first_step_and_near_backprop_updates() -> None:
+    """ePC's promise: after one step every error has its signal (no wavefront); with lr_e * T small the
+    errors are small and the update is close to backprop's (the reference's energy_scale restores its size)."""
+    from pccore.inspect.diagnose import diagnose_batch  # noqa: PLC0415
+
+    blocks = _mlp()
+    engine = pccore.make_engine(blocks, num_classes=3, inference="errors", steps=5, lr=0.001)
+    x, y = torch.randn(12, 5, dtype=torch.float64), torch.randint(0, 3, (12,))
+    report = diagnose_batch(engine, x, y)
+    energy = torch.tensor(report["energy"])
+    assert energy.shape == (5, 4)
+    assert bool((energy[0, :3] == 0).all()) and energy[0, 3] > 0  # zero errors at step 0: only the output
+    assert bool((energy[1:, :3] > 0).all())  # from the first step on, every layer
+    assert min(report["cosine_to_bp"]) > 0.999
+    # the weight loss is E_local / (B * energy_scale), energy_scale = min(1, 0.001 * 5): at nearly zero
+    # errors E_local is nearly the output loss
+    assert report["loss"] * 0.005 == pytest.approx(report["bp_loss"], rel=0.01)
+    state = _mlp()  # the weights are left as they were
+    for a, b in zip(blocks, state, strict=True):
+        assert torch.equal(a[0].weight if isinstance(a, nn.Sequential) else a.weight,
+                           b[0].weight if isinstance(b, nn.Sequential) else b.weight)
+
+
+def _epc_recipe(tmp_path, **changes):
+    from tests.test_training import write_recipe  # noqa: PLC0415
+
+    inference = {"name": "errors", "steps": 4, "lr": 0.05, "momentum": 0.0, **changes.pop("inference", {})}
+    return write_recipe(tmp_path, inference=inference, update={"name": "standard"},
+                        precision={"name": "constant"}, **changes)
+
+
+def test_an_epc_run_resumes_exactly(tmp_path, monkeypatch) -> None:
+    import json  # noqa: PLC0415
+
+    from pccore.cli import main  # noqa: PLC0415
+    from pccore.run import seeds  # noqa: PLC0415
+    from pccore.run.data import BatchFeeder  # noqa: PLC0415
+    from tests.test_resume import _interrupt, _weights, _without_time  # noqa: PLC0415
+
+    recipe = _epc_recipe(tmp_path, epochs=3, max_batches=3, normalization="frozen")
+    assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
+    _interrupt(monkeypatch, seed=0, epoch=1)
+    cut = tmp_path / "cut"
+    assert main(["run", str(recipe), "--out", str(cut)]) == 130
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
+    assert main(["run", "--resume", str(cut)]) == 0
+    a, b = _weights(tmp_path / "whole", 0), _weights(cut, 0)
+    assert any("running_mean" in k for k in a)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["seeds"]
+    resumed = json.loads((cut / "summary.json").read_text())["seeds"]
+    assert [_without_time(s) for s in resumed] == [_without_time(s) for s in whole]
+
+
+def test_a_refused_combination_in_a_recipe_exits_2_with_the_message(tmp_path, capsys) -> None:
+    from pccore.cli import main  # noqa: PLC0415
+
+    recipe = _epc_recipe(tmp_path)
+    out = tmp_path / "o"
+    assert main(["run", str(recipe), "--out", str(out), "--set", "precision.name=spiking"]) == 2
+    assert 'precision "constant"' in capsys.readouterr().err
+    assert main(["diagnose", str(recipe), "--set", "update.name=forward"]) == 2
+    assert "forward update" in capsys.readouterr().err
+
+
+def test_bench_times_epc_against_backprop(tmp_path, capsys, monkeypatch) -> None:
+    """The backprop side swaps ePC for state-based inference (ePC refuses the backprop update); the row
+    names the algorithm."""
+    import json  # noqa: PLC0415
+
+    from pccore.cli import main  # noqa: PLC0415
+    from pccore.inspect import bench  # noqa: PLC0415
+
+    monkeypatch.setattr(bench, "measure_rss", lambda recipe, algorithm: {"pc": 30.0, "bp": 12.0}[algorithm])
+    recipe = _epc_recipe(tmp_path)
+    assert main(["bench", str(recipe), "--steps", "2", "--warmup", "1", "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["inference"], report["update"], report["precision"]) == ("errors", "standard", "constant")
+    assert report["pc_step_s"] > 0 and report["bp_step_s"] > 0
+    assert bench.format_report(report).splitlines()[5].startswith("pc (standard, constant, errors)  ")
