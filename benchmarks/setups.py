@@ -55,6 +55,8 @@ ALGORITHMS: dict[str, tuple[str, list[str]]] = {
     "pc": ("PC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen"]),
     "sf0": ("S+F pure spike (BF)", ["precision.name=spiking", "precision.base=0.0", "update.name=forward",
                                     "normalization.name=frozen"]),
+    "epc": ("ePC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen",
+                         "inference.name=errors", "inference.lr=0.001", "inference.momentum=0.0"]),
 }
 """Short name -> (display name, `--set` arguments). Backprop is measured by `pccore bench` in every row."""
 

@@ -399,3 +399,39 @@ def test_gpu_child_killed_on_timeout(monkeypatch):
     assert gpu.run_child(gpu.BY_NAME["vgg5-sf-eager"], args, timeout=0.2) == {
         "status": "timed out after 0 s (budget)"
     }
+
+
+# --- benchmarks/methods.py ---------------------------------------------------------------------------
+
+
+def test_methods_study_smoke_and_resume(tmp_path):
+    """The side-by-side study with tiny budgets: one depth, BP and ePC, one candidate, one epoch; the table
+    has both rows with their diagnostics, and a second call reuses the finished runs instead of training."""
+    out, work = tmp_path / "methods.md", tmp_path / "work"
+    command = [sys.executable, str(BENCHMARKS / "methods.py"), "--depths", "3", "--methods", "bp,epc", "--resnet", "",
+               "--epochs", "1", "--max-candidates", "1", "--work", str(work), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"BP", "ePC"} <= set(rows)
+    cells = [c.strip() for c in rows["ePC"].strip("|").split("|")]
+    if len(cells) == 2:  # the summary table (method, L = 3); the detailed row comes later
+        cells = [c.strip() for c in [line for line in text.splitlines() if line.startswith("| ePC | 3 |")][0]
+                 .strip("|").split("|")]
+    assert cells[:3] == ["ePC", "3", "lr 1e-3"]
+    assert 0.0 <= float(cells[4]) <= 1.0
+    assert len(cells[6].split()) == 3 and len(cells[7].split()) == 3  # a cosine and a norm ratio per layer
+    walls = sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json"))
+    assert len(walls) == 2
+    again = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json")) == walls  # nothing retrained
+    assert out.read_text().split("## MLPs")[1] == text.split("## MLPs")[1]
+
+
+def test_methods_study_rejects_an_unknown_method():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "methods.py"), "--methods", "bp,nope"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 2
+    assert "unknown ['nope']" in done.stderr

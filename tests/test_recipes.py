@@ -406,6 +406,7 @@ def test_the_epc_deep_mlp_has_the_papers_mnist_settings_on_digits() -> None:
     recipe = load_recipe(_path("epc_digits_mlp20"))
     assert (recipe.data.name, recipe.model.name, recipe.model.params.activation) == ("digits", "mlp", "gelu")
     assert recipe.model.params.hidden == [128] * 19  # 20 layers with the output
+    assert recipe.model.params.init == "orthogonal"
     assert (recipe.inference.name, recipe.inference.steps, recipe.inference.lr) == ("errors", 64, 0.1)
     assert (recipe.optimizer.lr, recipe.data.batch_size, recipe.train.epochs) == (1e-4, 64, 5)
 
