@@ -12,12 +12,13 @@ The PC methods take T = L inference steps. Convolutional: the thin ResNet10 of
 recipes/quickstart_resnet.toml (16x16 digits) with auxiliary neurons (S+F BF, iPC) and without (ePC; BP).
 
 Every cell trains each of its candidate weight learning rates once (seed 0) with 20% of the training images
-held out, keeps the candidate with the best validation top-1 and reports its test top-1 at its best
-validation epoch, the wall time of all its candidates, and, on one held-out test batch with the trained
-weights, each layer's cosine between the method's weight update and backprop's gradient and the ratio of
-their norms (|update| / |BP gradient|: near 0 where a layer learns nothing). Each training is a `pccore run`
-in its own process, in `--work`/<cell>-<candidate>; a finished one is read back, an interrupted one is
-resumed (`pccore run --resume`), so the script continues where it stopped.
+held out, keeps the candidate with the best validation top-1, trains it with seeds 1 and 2 as well, and
+reports the test top-1 at each seed's best validation epoch (mean and std), the wall time of all its runs,
+and, on one held-out test batch with seed 0's trained weights, each layer's cosine between the method's
+weight update and backprop's gradient and the ratio of their norms (|update| / |BP gradient|: near 0 where
+a layer learns nothing). Each training is a `pccore run` in its own process, in `--work`/<cell>-<candidate>
+(-seed<N>); a finished one is read back, an interrupted one is resumed (`pccore run --resume`), so the
+script continues where it stopped.
 """
 
 from __future__ import annotations
@@ -193,7 +194,7 @@ def diagnostics(run_dir: Path) -> dict:
     return {"cosine_to_bp": report["cosine_to_bp"], "norm_ratio": norms, "last_energy": last}
 
 
-def run_cell(cell: Cell, work: Path, timeout: float) -> dict:
+def run_cell(cell: Cell, work: Path, timeout: float, seeds: int = 1) -> dict:
     results, outs = {}, {}
     for name, overrides in cell.candidates.items():
         print(f"... {cell.name}: {name}", file=sys.stderr, flush=True)
@@ -211,7 +212,27 @@ def run_cell(cell: Cell, work: Path, timeout: float) -> dict:
             except Exception as err:  # noqa: BLE001 - a row without diagnostics still has its accuracy
                 cache.write_text(json.dumps({"error": f"{type(err).__name__}: {err}"}))
         outcome["diagnostics"] = json.loads(cache.read_text())
+        # more seeds at the chosen rate (seed 0 is the candidate's own run)
+        tops = [finished[chosen]["test_top1_at_best_val"]]
+        for seed in range(1, seeds):
+            print(f"... {cell.name}: {chosen}, seed {seed}", file=sys.stderr, flush=True)
+            out = work / f"{cell.name}-{slug(chosen)}-seed{seed}"
+            done = train(cell.recipe, [*VALIDATION, *cell.overrides, *cell.candidates[chosen],
+                                       f"run.seeds=[{seed}]"], out, timeout)
+            outcome["seconds"] += wall(out)
+            if "error" in done:
+                outcome["seed_errors"] = outcome.get("seed_errors", []) + [done["error"]]
+            else:
+                tops.append(done["test_top1_at_best_val"])
+        outcome["tops"] = tops
     return outcome
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    """mean ± population std (n), as pccore's run summaries."""
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return f"{mean:.4f} ± {std:.4f} ({len(values)})"
 
 
 def _layers(values: Sequence[float] | None) -> str:
@@ -221,7 +242,8 @@ def _layers(values: Sequence[float] | None) -> str:
 
 
 def table(outcomes: list[dict]) -> str:
-    head = ["method", "layers", "chosen on validation", "val top-1", "test top-1 at best val", "seconds",
+    head = ["method", "layers", "chosen on validation", "val top-1 (seed 0)", "test top-1 at best val (seeds)",
+            "seconds",
             "cosine to BP, layer 1..L", "|update| / |BP|, layer 1..L"]
     rows = []
     for o in outcomes:
@@ -233,7 +255,7 @@ def table(outcomes: list[dict]) -> str:
         best = o["results"][o["chosen"]]
         d = o.get("diagnostics", {})
         rows.append([cell.label, str(cell.layers), o["chosen"], f"{best['best_val_top1']:.4f}",
-                     f"{best['test_top1_at_best_val']:.4f}", f"{o['seconds']:.0f}",
+                     _mean_std(o["tops"]), f"{o['seconds']:.0f}",
                      _layers(d.get("cosine_to_bp")) if "error" not in d else d["error"],
                      _layers(d.get("norm_ratio"))])
     return markdown_table(head, rows)
@@ -251,7 +273,7 @@ def summary(outcomes: list[dict], depths: list[int]) -> str:
             if not match or match[0]["chosen"] is None:
                 row.append("-" if not match else "failed")
             else:
-                row.append(f"{match[0]['results'][match[0]['chosen']]['test_top1_at_best_val']:.4f}")
+                row.append(_mean_std(match[0]["tops"]))
         rows.append(row)
     return markdown_table(["method", *(f"L = {d}" for d in depths)], rows)
 
@@ -264,6 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"ResNet10 rows, of {list(RESNET_METHODS)} ('' for none)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every MLP training (default 10)")
     parser.add_argument("--resnet-epochs", type=int, default=3, help="epochs of the ResNet10 rows (default 3)")
+    parser.add_argument("--seeds", type=int, default=3,
+                        help="seeds at the chosen rate, seed 0 (the candidate's run) included (default 3)")
     parser.add_argument("--max-candidates", type=int, default=0,
                         help="train only the first N candidate rates of each cell (0 = all; for smoke runs)")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds allowed per training")
@@ -285,6 +309,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--{option}: unknown {unknown}; choose from {', '.join(valid)}")
     if args.epochs < 1 or args.resnet_epochs < 1:
         parser.error("--epochs and --resnet-epochs must be at least 1")
+    if args.seeds < 1:
+        parser.error("--seeds must be at least 1")
     if args.max_candidates < 0:
         parser.error("--max-candidates must be 0 (all) or more")
     cells = [mlp_cell(m, d, args.epochs) for d in depths for m in methods]
@@ -293,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         cells = [replace(c, candidates=dict(list(c.candidates.items())[: args.max_candidates])) for c in cells]
     args.work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    outcomes = [run_cell(cell, args.work, args.timeout) for cell in cells]
+    outcomes = [run_cell(cell, args.work, args.timeout, args.seeds) for cell in cells]
     info = machine("cpu")
     mlp = [o for o in outcomes if o["cell"].section == "mlp"]
     resnet = [o for o in outcomes if o["cell"].section == "resnet"]
@@ -303,11 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, date {info['date']}",
         f"- command: `python benchmarks/methods.py --depths {args.depths} --methods {args.methods} "
-        f"--resnet '{args.resnet}' --epochs {args.epochs} --resnet-epochs {args.resnet_epochs}`; "
+        f"--resnet '{args.resnet}' --epochs {args.epochs} --resnet-epochs {args.resnet_epochs} --seeds {args.seeds}`; "
         f"{total:.0f} s of training in all (this call: {time.perf_counter() - start:.0f} s)",
         "- each cell: every candidate weight rate trained once (seed 0) with 20% of the training images held "
-        "out; the candidate with the best validation top-1 is kept and its test top-1 at that epoch reported. "
-        "Diagnostics: the trained weights (last epoch) on the first test batch.",
+        "out; the candidate with the best validation top-1 is kept and trained with more seeds; the test top-1 "
+        "of each seed at its best validation epoch: mean ± population std (seeds). Diagnostics: seed 0's "
+        "trained weights (last epoch) on the first test batch.",
         "",
     ]
     if mlp:

@@ -405,11 +405,11 @@ def test_gpu_child_killed_on_timeout(monkeypatch):
 
 
 def test_methods_study_smoke_and_resume(tmp_path):
-    """The side-by-side study with tiny budgets: one depth, BP and ePC, one candidate, one epoch; the table
-    has both rows with their diagnostics, and a second call reuses the finished runs instead of training."""
+    """The side-by-side study with tiny budgets: one depth, BP and ePC, one candidate, one epoch, two seeds;
+    the table has both rows with their diagnostics, and a second call reuses the finished runs."""
     out, work = tmp_path / "methods.md", tmp_path / "work"
     command = [sys.executable, str(BENCHMARKS / "methods.py"), "--depths", "3", "--methods", "bp,epc", "--resnet", "",
-               "--epochs", "1", "--max-candidates", "1", "--work", str(work), "--out", str(out)]
+               "--epochs", "1", "--max-candidates", "1", "--seeds", "2", "--work", str(work), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     text = out.read_text()
@@ -420,10 +420,11 @@ def test_methods_study_smoke_and_resume(tmp_path):
         cells = [c.strip() for c in [line for line in text.splitlines() if line.startswith("| ePC | 3 |")][0]
                  .strip("|").split("|")]
     assert cells[:3] == ["ePC", "3", "lr 1e-3"]
-    assert 0.0 <= float(cells[4]) <= 1.0
+    mean, _, std, count = cells[4].split()
+    assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0 and count == "(2)"  # seeds 0 and 1
     assert len(cells[6].split()) == 3 and len(cells[7].split()) == 3  # a cosine and a norm ratio per layer
     walls = sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json"))
-    assert len(walls) == 2
+    assert len(walls) == 4  # two cells, each a candidate and a second seed
     again = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 0, again.stderr
     assert sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json")) == walls  # nothing retrained
