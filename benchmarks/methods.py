@@ -77,6 +77,26 @@ auxiliary neurons, 6 without). ePC takes the authors' published convolutional se
 0.001, recipes/base/epc.toml)."""
 
 
+VGG_RECIPE = HERE.parent / "recipes" / "quickstart.toml"
+VGG_LAYERS = {"vgg5": 5, "vgg10": 10, "vgg15": 15}
+VGG_METHODS: dict[str, tuple[str, list[str], list[str]]] = {
+    "bp": ("BP", ["update.name=backprop", "precision.name=constant", "normalization.name=batchnorm"],
+           ["1e-3", "3e-3"]),
+    "pc": ("PC BF", ["update.name=standard", "precision.name=constant", "inference.lr=0.0235",
+                     "inference.momentum=0.3"], ["1e-3", "3e-3"]),
+    "sf": ("S+F BF", [], ["1e-3", "3e-3"]),
+    "df": ("D+F BF", ["precision.name=decaying", 'precision.variant="reference"', "precision.k=1.0",
+                      "inference.decay_last_lr=true"], ["1e-3", "3e-3"]),
+    "ipc": ("S+iPC BF", ["update.name=standard", "inference.name=incremental", "inference.variant=batchnorm"],
+            ["3e-4", "1e-3"]),
+    "epc": ("ePC BF", ["update.name=standard", "precision.name=constant", "inference.name=errors",
+                       "inference.lr=0.001", "inference.momentum=0.0", "inference.nesterov=false"], ["1e-3", "3e-3"]),
+}
+"""The VGG rows on 32x32 digits, width 1/8: quickstart.toml's S+F BF (lr_x 0.8, momentum 0.1, Nesterov)
+and its siblings, T = L; PC takes quickstart_pc.toml's state optimizer (the PCX configuration), D+F the
+reference decay (recipes/base/df.toml), ePC the authors' CNN setting with T = 5 at every depth."""
+
+
 @dataclass(frozen=True)
 class Cell:
     name: str
@@ -95,6 +115,16 @@ def mlp_cell(method: str, depth: int, epochs: int) -> Cell:
     steps = [] if method == "bp" else [f"inference.steps={depth}"]
     budget = [f"train.epochs={epochs}", f"optimizer.schedule_epochs={epochs}", f"train.patience={epochs}"]
     return Cell(f"mlp-{method}-d{depth}", "mlp", label, depth, MLP_RECIPE, [*shape, *steps, *overrides, *budget],
+                {f"lr {r}": [f"optimizer.lr={r}"] for r in rates})
+
+
+def vgg_cell(method: str, model: str, epochs: int) -> Cell:
+    label, overrides, rates = VGG_METHODS[method]
+    layers = VGG_LAYERS[model]
+    steps = "inference.steps=5" if method == "epc" else f"inference.steps={layers}"
+    base = [f"model.name={model}", "data.size=32", steps, f"train.epochs={epochs}",
+            f"optimizer.schedule_epochs={epochs}", f"train.patience={epochs}"]
+    return Cell(f"{model}-{method}", model, label, layers, VGG_RECIPE, [*base, *overrides],
                 {f"lr {r}": [f"optimizer.lr={r}"] for r in rates})
 
 
@@ -261,15 +291,15 @@ def table(outcomes: list[dict]) -> str:
     return markdown_table(head, rows)
 
 
-def summary(outcomes: list[dict], depths: list[int]) -> str:
-    """Test top-1 by method (rows) and depth (columns), for the MLP section."""
-    methods = list(dict.fromkeys(o["cell"].label for o in outcomes if o["cell"].section == "mlp"))
+def summary(outcomes: list[dict], depths: list[int], sections: tuple[str, ...] = ("mlp",)) -> str:
+    """Test top-1 by method (rows) and depth (columns), for the MLP or the VGG section."""
+    mine = [o for o in outcomes if o["cell"].section in sections]
+    methods = list(dict.fromkeys(o["cell"].label for o in mine))
     rows = []
     for label in methods:
         row = [label]
         for depth in depths:
-            match = [o for o in outcomes if o["cell"].section == "mlp" and o["cell"].label == label
-                     and o["cell"].layers == depth]
+            match = [o for o in mine if o["cell"].label == label and o["cell"].layers == depth]
             if not match or match[0]["chosen"] is None:
                 row.append("-" if not match else "failed")
             else:
@@ -284,6 +314,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(MLP_METHODS), help=f"MLP methods, of {list(MLP_METHODS)}")
     parser.add_argument("--resnet", default=",".join(RESNET_METHODS),
                         help=f"ResNet10 rows, of {list(RESNET_METHODS)} ('' for none)")
+    parser.add_argument("--vgg", default="", help=f"VGG rows, of {list(VGG_METHODS)} (default none)")
+    parser.add_argument("--vgg-models", default="vgg5,vgg10,vgg15", help=f"of {list(VGG_LAYERS)}")
+    parser.add_argument("--vgg-epochs", type=int, default=3, help="epochs of the VGG rows (default 3)")
     parser.add_argument("--epochs", type=int, default=10, help="epochs of every MLP training (default 10)")
     parser.add_argument("--resnet-epochs", type=int, default=3, help="epochs of the ResNet10 rows (default 3)")
     parser.add_argument("--seeds", type=int, default=3,
@@ -303,17 +336,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--depths: at least one depth, each >= 2 (a hidden layer and the output)")
     methods = [m for m in args.methods.split(",") if m]
     resnets = [m for m in args.resnet.split(",") if m]
-    for option, chosen, valid in (("methods", methods, MLP_METHODS), ("resnet", resnets, RESNET_METHODS)):
+    vggs = [m for m in args.vgg.split(",") if m]
+    vgg_models = [m for m in args.vgg_models.split(",") if m]
+    for option, chosen, valid in (("methods", methods, MLP_METHODS), ("resnet", resnets, RESNET_METHODS),
+                                  ("vgg", vggs, VGG_METHODS), ("vgg-models", vgg_models, VGG_LAYERS)):
         unknown = [m for m in chosen if m not in valid]
         if unknown:
             parser.error(f"--{option}: unknown {unknown}; choose from {', '.join(valid)}")
-    if args.epochs < 1 or args.resnet_epochs < 1:
-        parser.error("--epochs and --resnet-epochs must be at least 1")
+    if min(args.epochs, args.resnet_epochs, args.vgg_epochs) < 1:
+        parser.error("--epochs, --resnet-epochs and --vgg-epochs must be at least 1")
     if args.seeds < 1:
         parser.error("--seeds must be at least 1")
     if args.max_candidates < 0:
         parser.error("--max-candidates must be 0 (all) or more")
     cells = [mlp_cell(m, d, args.epochs) for d in depths for m in methods]
+    cells += [vgg_cell(m, model, args.vgg_epochs) for model in vgg_models for m in vggs]
     cells += [resnet_cell(m, args.resnet_epochs) for m in resnets]
     if args.max_candidates:
         cells = [replace(c, candidates=dict(list(c.candidates.items())[: args.max_candidates])) for c in cells]
@@ -340,6 +377,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if mlp:
         lines += ["## MLPs (width 128, 8x8 digits): test top-1 at the best validation epoch", "",
                   summary(outcomes, depths), "", table(mlp), ""]
+    vgg = [o for o in outcomes if o["cell"].section in VGG_LAYERS]
+    if vgg:
+        lines += ["## VGGs (width 1/8, 32x32 digits): test top-1 at the best validation epoch", "",
+                  summary(outcomes, [VGG_LAYERS[m] for m in vgg_models], sections=tuple(VGG_LAYERS)), "",
+                  table(vgg), ""]
     if resnet:
         lines += ["## ResNet10 (width 1/8, 16x16 digits)", "", table(resnet), ""]
     text = "\n".join(lines)
