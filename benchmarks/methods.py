@@ -44,23 +44,24 @@ SPIKING = ["precision.name=spiking", "precision.peak=1.0", "precision.base=0.001
 REFERENCE_STATES = ["inference.lr=0.8", "inference.momentum=0.1", "inference.nesterov=true"]
 """The S+F reference example's state optimizer (METHOD.md), for S+F and S+iPC."""
 
-MLP_METHODS: dict[str, tuple[str, list[str], list[str]]] = {
-    # name: (label, overrides, candidate weight rates)
-    "bp": ("BP", ["update.name=backprop", "precision.name=constant"], ["1e-3", "3e-3"]),
-    "pc": ("PC", ["update.name=standard", "precision.name=constant", "inference.lr=0.1",
-                  "inference.momentum=0.0"], ["1e-3", "3e-3"]),
+MLP_METHODS: dict[str, tuple[str, list[str], list[str], str, list[str]]] = {
+    # name: (label, overrides, candidate weight rates, the state rate's key, candidate state rates)
+    "bp": ("BP", ["update.name=backprop", "precision.name=constant"], ["3e-4", "1e-3", "3e-3", "1e-2"], "", []),
+    "pc": ("PC", ["update.name=standard", "precision.name=constant", "inference.momentum=0.0"],
+           ["1e-3", "3e-3"], "lr_x", ["0.1", "0.03"]),
     "sf": ("S+F BF", [*SPIKING, "update.name=forward", "normalization.name=frozen", *REFERENCE_STATES],
-           ["1e-3", "3e-3"]),
+           ["1e-3", "3e-3"], "lr_x", ["0.8", "0.3"]),
     "ipc": ("S+iPC", [*SPIKING, "update.name=standard", "inference.name=incremental", *REFERENCE_STATES],
-            ["3e-4", "1e-3"]),
+            ["3e-4", "1e-3"], "lr_x", ["0.8", "0.3"]),
     "epc": ("ePC", ["update.name=standard", "precision.name=constant", "inference.name=errors",
-                    "inference.lr=0.1", "inference.momentum=0.0"], ["1e-3", "3e-3"]),
+                    "inference.momentum=0.0"], ["1e-3", "3e-3"], "lr_e", ["0.1", "0.03"]),
     "mupc": ("muPC (resmlp)", ["model.name=resmlp", "model.width=128", "model.activation=relu",
                                "model.parameterization=mupc", "update.name=standard", "precision.name=constant",
-                               "inference.lr=0.0078125", "inference.momentum=0.0", "optimizer.weight_decay=0.0"],
-             ["1e-1", "1e-2"]),
+                               "inference.momentum=0.0", "optimizer.weight_decay=0.0"],
+             ["1e-1", "1e-2"], "lr_x", ["0.0078125", "0.00390625"]),
 }
-"""The MLP rows. muPC's state rate is jpc's 0.5 over the batch of 64 (recipes/base/mupc_digits.toml)."""
+"""The MLP rows, four candidates each: the weight rates times the state (error) rates, or four weight rates
+for BP. muPC's state rates are jpc's 0.5 and 0.25 over the batch of 64 (recipes/base/mupc_digits.toml)."""
 
 RESNET_METHODS: dict[str, tuple[str, list[str], list[str]]] = {
     "bp": ("BP", ["update.name=backprop", "precision.name=constant", "normalization.name=batchnorm",
@@ -109,13 +110,15 @@ class Cell:
 
 
 def mlp_cell(method: str, depth: int, epochs: int) -> Cell:
-    label, overrides, rates = MLP_METHODS[method]
+    label, overrides, rates, key, states = MLP_METHODS[method]
+    candidates = {f"lr {r}": [f"optimizer.lr={r}"] for r in rates} if not states else {
+        f"lr {r}, {key} {x}": [f"optimizer.lr={r}", f"inference.lr={x}"] for r in rates for x in states}
     shape = ([f"model.depth={depth - 1}"] if method == "mupc"
              else [f"model.hidden=[{', '.join(['128'] * (depth - 1))}]", 'model.init="orthogonal"'])
     steps = [] if method == "bp" else [f"inference.steps={depth}"]
     budget = [f"train.epochs={epochs}", f"optimizer.schedule_epochs={epochs}", f"train.patience={epochs}"]
     return Cell(f"mlp-{method}-d{depth}", "mlp", label, depth, MLP_RECIPE, [*shape, *steps, *overrides, *budget],
-                {f"lr {r}": [f"optimizer.lr={r}"] for r in rates})
+                candidates)
 
 
 def vgg_cell(method: str, model: str, epochs: int) -> Cell:
@@ -148,16 +151,22 @@ def train(recipe: Path, overrides: Sequence[str], out: Path, timeout: float) -> 
         command = [sys.executable, "-m", "pccore.cli", "run", str(recipe), "--device", "cpu", "--out", str(out)]
         for override in overrides:
             command += ["--set", override]
+    failed = out / "methods-error.json"
+    if failed.is_file():  # failed in an earlier call: not retried
+        return json.loads(failed.read_text())
     start = time.perf_counter()
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False)
+        error = None if done.returncode == 0 else (
+            " ".join(done.stderr.strip().splitlines()[-2:]) or f"exit {done.returncode}")
     except subprocess.TimeoutExpired:
-        return {"error": f"over the {timeout:.0f} s limit"}
-    if done.returncode != 0:
-        return {"error": " ".join(done.stderr.strip().splitlines()[-2:]) or f"exit {done.returncode}"}
-    result = json.loads(summary.read_text())["seeds"][0]
+        error = f"over the {timeout:.0f} s limit"
+    out.mkdir(parents=True, exist_ok=True)
     (out / "methods-wall.json").write_text(json.dumps({"wall_s": time.perf_counter() - start}))
-    return result
+    if error is not None:
+        failed.write_text(json.dumps({"error": error}))
+        return {"error": error}
+    return json.loads(summary.read_text())["seeds"][0]
 
 
 def wall(out: Path) -> float:

@@ -303,3 +303,30 @@ def test_bench_times_epc_against_backprop(tmp_path, capsys, monkeypatch) -> None
     assert (report["inference"], report["update"], report["precision"]) == ("errors", "standard", "constant")
     assert report["pc_step_s"] > 0 and report["bp_step_s"] > 0
     assert bench.format_report(report).splitlines()[5].startswith("pc (standard, constant, errors)  ")
+
+
+def test_tune_searches_the_error_rate_and_sweep_runs_epc_seeds(tmp_path, capsys) -> None:
+    """`pccore tune` with inference.name fixed to "errors" searches lr_e and T; `pccore sweep` runs the seeds."""
+    import json  # noqa: PLC0415
+
+    from pccore.cli import main  # noqa: PLC0415
+    from tests.test_tune import write_study  # noqa: PLC0415
+
+    space = {"inference.lr": {"low": 0.01, "high": 0.3, "log": True}, "inference.steps": {"choices": [2, 4]}}
+    fixed = {"inference.name": "errors", "inference.momentum": 0.0, "precision.name": "constant",
+             "update.name": "standard"}
+    study = write_study(tmp_path, trials=2, space=space, fixed=fixed)
+    out = tmp_path / "tuned"
+    assert main(["tune", str(study), "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["n_complete"] == 2
+    from pccore.recipe import load_recipe  # noqa: PLC0415
+
+    best = load_recipe(out / "best.toml")
+    assert best.inference.name == "errors" and best.inference.lr == summary["best_params"]["inference.lr"]
+    swept = tmp_path / "swept"
+    assert main(["sweep", str(out / "best.toml"), "--seeds", "0-1", "--out", str(swept)]) == 0
+    capsys.readouterr()
+    assert main(["report", str(swept), "--json"]) == 0
+    cells = json.loads(capsys.readouterr().out)["cells"]
+    assert [c["row"] for c in cells] == ["ePC"] and cells[0]["n"] == 2
