@@ -419,7 +419,7 @@ def test_methods_study_smoke_and_resume(tmp_path):
     if len(cells) == 2:  # the summary table (method, L = 3); the detailed row comes later
         cells = [c.strip() for c in [line for line in text.splitlines() if line.startswith("| ePC | 3 |")][0]
                  .strip("|").split("|")]
-    assert cells[:3] == ["ePC", "3", "lr 1e-3"]
+    assert cells[:3] == ["ePC", "3", "lr 1e-3, lr_e 0.1"]
     mean, _, std, count = cells[4].split()
     assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0 and count == "(2)"  # seeds 0 and 1
     assert len(cells[6].split()) == 3 and len(cells[7].split()) == 3  # a cosine and a norm ratio per layer
