@@ -375,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "",
         f"- machine: {info['cpu']}, {info['cores']} cores, torch {info['torch']}, date {info['date']}",
         f"- command: `python benchmarks/methods.py --depths {args.depths} --methods {args.methods} "
-        f"--resnet '{args.resnet}' --epochs {args.epochs} --resnet-epochs {args.resnet_epochs} --seeds {args.seeds}`; "
+        f"--resnet '{args.resnet}' --vgg '{args.vgg}' --vgg-models {args.vgg_models} --epochs {args.epochs} "
+        f"--resnet-epochs {args.resnet_epochs} --vgg-epochs {args.vgg_epochs} --seeds {args.seeds}`; "
         f"{total:.0f} s of training in all (this call: {time.perf_counter() - start:.0f} s)",
         "- each cell: every candidate weight rate trained once (seed 0) with 20% of the training images held "
         "out; the candidate with the best validation top-1 is kept and trained with more seeds; the test top-1 "
@@ -393,6 +394,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                   table(vgg), ""]
     if resnet:
         lines += ["## ResNet10 (width 1/8, 16x16 digits)", "", table(resnet), ""]
+    lines += ["Candidates (validation top-1 of seed 0, or why the run failed):", ""]
+    for o in outcomes:
+        parts = []
+        for name, result in o["results"].items():
+            if "error" in result:
+                reason = result["error"].split(": error: ")[-1].split(";")[0]
+                parts.append(f"{name} (failed: {reason})")
+            else:
+                parts.append(f"{name} ({result['best_val_top1']:.4f})")
+        lines.append(f"- {o['cell'].name}: " + ", ".join(parts))
+    lines.append("")
     text = "\n".join(lines)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
