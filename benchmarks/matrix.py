@@ -6,7 +6,8 @@
 
 Rows: VGG5 (32x32, batch 128, width 0.25, T=5), VGG10 (32x32, batch 128, width 0.25, T=10), VGG15
 (64x64, batch 32, width 0.125, T=15) and VGG15 on 32x32 inputs (batch 32, width 0.125, T=15), each with
-S+F (spiking base 0.001), S+F with the pure spike (base 0) and standard PC, all under BatchNorm Freezing;
+S+F (spiking base 0.001), S+F with the pure spike (base 0), standard PC and ePC (T steps on the errors, lr_e
+0.001 as the authors' CNN settings), all under BatchNorm Freezing;
 every row also times backprop on the same model. The table goes to stdout and to `results/<machine>.md`.
 """
 

@@ -60,6 +60,8 @@ ALGORITHMS: dict[str, tuple[str, list[str]]] = {
     "ipc0": ("S+iPC pure spike (BF)", ["precision.name=spiking", "precision.base=0.0", "update.name=standard",
                                        "normalization.name=frozen", "inference.name=incremental",
                                        "inference.variant=batchnorm"]),
+    "epc": ("ePC (BF)", ["precision.name=constant", "update.name=standard", "normalization.name=frozen",
+                         "inference.name=errors", "inference.lr=0.001", "inference.momentum=0.0"]),
 }
 """Short name -> (display name, `--set` arguments). Backprop is measured by `pccore bench` in every row."""
 

@@ -289,7 +289,8 @@ def make_engine(
     Train with `engine.train_step(x, y)` (inference, then the weight gradients into `.grad`; it returns
     the loss and the per-layer energies) followed by your optimizer's `step()`, or hand the step to the
     engine: `engine.train_step(x, y, weight_step=pccore.core.optim.WeightStepper(optimizer))`, which an
-    inference algorithm that steps the weights during inference (`inference="incremental"`) needs; predict
+    inference algorithm that steps the weights during inference (`inference="incremental"`) needs
+    (error optimisation, `inference="errors"`, learns after inference like state-based PC); predict
     with `engine.predict(x)`. With a random nudging method ("center"), call
     `engine.nudging.begin_epoch(seed, epoch)` at the start of each epoch.
     """

@@ -10,6 +10,7 @@ linear block (VGG15: a hidden linear block of 4096 units, then the logits).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import attrs
 from torch import nn
@@ -128,8 +129,12 @@ class VGG:
 
 @attrs.define(frozen=True)
 class MLPParams:
+    """`init`: "default" (PyTorch's) or "orthogonal" (every weight matrix orthogonal, gain 1, biases as
+    PyTorch makes them: the ePC authors' deep MLPs)."""
+
     hidden: list[int] = attrs.field(factory=lambda: [128, 128])
     activation: ActivationName = "tanh"
+    init: Literal["default", "orthogonal"] = "default"
 
     @hidden.validator
     def _positive(self, attribute, value):
@@ -153,6 +158,11 @@ class MLP:
             features = units
         first = [nn.Flatten()] if not blocks else []
         blocks.append(nn.Sequential(*first, nn.Linear(features, num_classes)))
+        if self.params.init == "orthogonal":
+            for block in blocks:
+                for module in block.modules():
+                    if isinstance(module, nn.Linear):
+                        nn.init.orthogonal_(module.weight)
         return blocks
 
 

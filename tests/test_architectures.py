@@ -160,3 +160,18 @@ def test_mlp_blocks_and_batchnorm_placement():
     assert len(blocks) == 3
     assert [type(m).__name__ for m in blocks[0]] == ["Flatten", "Linear", "FreezableBatchNorm1d", "ReLU"]
     assert sum(p.numel() for b in blocks for p in b.parameters()) == (6 * 7 + 7 + 14) + (7 * 5 + 5 + 10) + (5 * 4 + 4)
+
+
+def test_mlp_orthogonal_init_makes_every_weight_matrix_orthogonal() -> None:
+    """The ePC authors' deep MLPs: W W^T = I for a wide-to-narrow matrix, W^T W = I otherwise; the default
+    initialisation is not orthogonal."""
+    torch.manual_seed(0)
+    blocks = MLP(MLPParams(hidden=[16, 16, 8], init="orthogonal")).build((1, 4, 5), 3, NoNormalization(NoParams()))
+    weights = [m.weight for b in blocks for m in b.modules() if isinstance(m, torch.nn.Linear)]
+    assert [tuple(w.shape) for w in weights] == [(16, 20), (16, 16), (8, 16), (3, 8)]
+    for w in weights:
+        gram = w @ w.T if w.shape[0] <= w.shape[1] else w.T @ w
+        assert torch.allclose(gram, torch.eye(gram.shape[0]), atol=1e-5)
+    plain = MLP(MLPParams(hidden=[16, 16, 8])).build((1, 4, 5), 3, NoNormalization(NoParams()))
+    w = [m.weight for b in plain for m in b.modules() if isinstance(m, torch.nn.Linear)][1]
+    assert not torch.allclose(w @ w.T, torch.eye(16), atol=1e-2)

@@ -84,7 +84,8 @@ def test_bench_json_report(recipe_path, capsys):
     report = json.loads(capsys.readouterr().out)
     expected = {
         "recipe": str(recipe_path), "model": "mlp", "layers": 3, "steps": 3, "batch_size": 6,
-        "input_shape": [1, 4, 4], "update": "forward", "precision": "spiking", "normalization": "none",
+        "input_shape": [1, 4, 4], "update": "forward", "precision": "spiking", "inference": "states",
+        "normalization": "none",
         "device": "cpu", "device_name": "cpu", "torch": torch.__version__, "threads": 1, "compile": False,
         "autocast": "fp32", "timed_steps": 2, "warmup": 1,
         "memory": "peak RSS growth of a separate process per algorithm",
@@ -408,3 +409,40 @@ def test_bench_times_incremental_pc_against_backprop(recipe_path, capsys, monkey
     lines = capsys.readouterr().out.splitlines()
     assert re.fullmatch(r"pc \(standard, spiking, incremental\)  \d\.\d{4}      1\.0", lines[5])
     assert lines[6].startswith("backprop ")
+
+
+# --- benchmarks/methods.py ---------------------------------------------------------------------------
+
+
+def test_methods_study_smoke_and_resume(tmp_path):
+    """The side-by-side study with tiny budgets: one depth, BP and ePC, one candidate, one epoch, two seeds;
+    the table has both rows with their diagnostics, and a second call reuses the finished runs."""
+    out, work = tmp_path / "methods.md", tmp_path / "work"
+    command = [sys.executable, str(BENCHMARKS / "methods.py"), "--depths", "3", "--methods", "bp,epc", "--resnet", "",
+               "--epochs", "1", "--max-candidates", "1", "--seeds", "2", "--work", str(work), "--out", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    assert done.returncode == 0, done.stderr
+    text = out.read_text()
+    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
+    assert {"BP", "ePC"} <= set(rows)
+    cells = [c.strip() for c in rows["ePC"].strip("|").split("|")]
+    if len(cells) == 2:  # the summary table (method, L = 3); the detailed row comes later
+        cells = [c.strip() for c in [line for line in text.splitlines() if line.startswith("| ePC | 3 |")][0]
+                 .strip("|").split("|")]
+    assert cells[:3] == ["ePC", "3", "lr 1e-3, lr_e 0.1"]
+    mean, _, std, count = cells[4].split()
+    assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0 and count == "(2)"  # seeds 0 and 1
+    assert len(cells[6].split()) == 3 and len(cells[7].split()) == 3  # a cosine and a norm ratio per layer
+    walls = sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json"))
+    assert len(walls) == 4  # two cells, each a candidate and a second seed
+    again = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json")) == walls  # nothing retrained
+    assert out.read_text().split("## MLPs")[1] == text.split("## MLPs")[1]
+
+
+def test_methods_study_rejects_an_unknown_method():
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "methods.py"), "--methods", "bp,nope"],
+                          capture_output=True, text=True, env=_env(), timeout=120)
+    assert done.returncode == 2
+    assert "unknown ['nope']" in done.stderr

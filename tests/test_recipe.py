@@ -816,7 +816,8 @@ def test_builtin_model_switched_with_set_keeps_width_and_activation(capsys):
     assert main(["recipe", "show", str(quickstart), "--set", "model.name=mlp"]) == 0
     out, err = capsys.readouterr()
     model = tomllib.loads(out)["model"]
-    assert model == {"name": "mlp", "output_energy": "se", "hidden": [128, 128], "activation": "gelu"}
+    assert model == {"name": "mlp", "output_energy": "se", "hidden": [128, 128], "activation": "gelu",
+                     "init": "default"}
     assert err == 'pccore: note: --set model.name=mlp drops model.width (not a parameter of architecture "mlp")\n'
 
 

@@ -74,6 +74,9 @@ OTHER_DATA = {
 }
 """S+F with BatchNorm Freezing on the reference code's other datasets (BEYOND.md, section C): (dataset,
 model, T), T = L for a VGG and N + 3 for the ResNet, as on CIFAR."""
+EPC = ["vgg5_cifar10_epc", "vgg7_cifar10_epc", "resnet18_cifar10_epc", "epc_digits_mlp20", "quickstart_epc"]
+"""Error optimisation (BEYOND.md B): the authors' CIFAR-10 configurations, their deep MLP on digits, and the
+offline quickstart."""
 SHIPPED = sorted(RECIPES.glob("*.toml"))
 EVERY_FILE = sorted(RECIPES.rglob("*.toml"))
 STUDIES = sorted((RECIPES / "studies").glob("*.toml"))
@@ -101,6 +104,7 @@ def test_the_54_paper_recipes_and_the_quickstarts_are_shipped() -> None:
     assert len(PAPER) == 54
     assert {p.stem for p in SHIPPED} == (
         set(PAPER) | set(QUICKSTARTS) | set(RESNETS) | set(MUPC) | set(PURE_SPIKE) | set(IPC) | set(OTHER_DATA)
+        | set(EPC)
     )
 
 
@@ -111,7 +115,8 @@ def test_each_recipe_is_named_by_rule_and_its_name_says_what_it_runs(path: Path)
     if path.stem in QUICKSTARTS:
         assert (recipe.data.name, recipe.model.name) == ("digits", "vgg5")
         return
-    if path.stem in RESNETS or path.stem in PURE_SPIKE or path.stem in IPC or path.stem in OTHER_DATA:
+    if path.stem in RESNETS or path.stem in PURE_SPIKE or path.stem in IPC or path.stem in OTHER_DATA or \
+            path.stem in EPC:
         return  # checked value by value below
     if path.stem in MUPC:
         depth, standard = MUPC_RULE.fullmatch(path.stem).groups()
@@ -412,7 +417,50 @@ def test_quickstart_ipc_has_the_quickstarts_budget() -> None:
     assert (ipc.inference.steps, ipc.optimizer) == (sf.inference.steps, sf.optimizer)
 
 
-@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE + IPC + sorted(OTHER_DATA))
+# --- error optimisation (BEYOND.md B) ------------------------------------------------------------------
+
+EPC_CIFAR = {
+    # model: (epochs, weight lr, weight decay, normalisation), configs_results/Error_CIFAR10_<model>_mse.yaml
+    "vgg5": (25, 4.708376358797e-4, 1.478307651456393e-5, "none"),
+    "vgg7": (25, 4.260829735178e-4, 2.16277357140978e-6, "none"),
+    "resnet18": (50, 7.654630396525574e-4, 1.8181230065953655e-4, "batchnorm"),
+}
+
+
+@pytest.mark.parametrize("model", EPC_CIFAR)
+def test_epc_cifar_recipes_carry_the_authors_settings(model: str) -> None:
+    """T = 5, lr_e = 0.001 without momentum, batch 256, se output, constant precision, the standard update
+    (the local energy), 25 epochs for the VGGs and 50 for ResNet18, each model's tuned weight rate."""
+    recipe = load_recipe(_path(f"{model}_cifar10_epc"))
+    epochs, lr, decay, norm = EPC_CIFAR[model]
+    assert (recipe.data.name, recipe.model.name, recipe.model.params.width) == ("cifar10", model, 1.0)
+    assert (recipe.inference.name, recipe.inference.steps, recipe.inference.lr) == ("errors", 5, 0.001)
+    assert recipe.inference.momentum == 0.0 and recipe.model.output_energy == "se"
+    assert (recipe.precision.name, recipe.precision.params.learning, recipe.update.name) == (
+        "constant", "ones", "standard")
+    assert (recipe.data.batch_size, recipe.train.epochs, recipe.optimizer.schedule_epochs) == (256, epochs, epochs)
+    assert (recipe.optimizer.lr, recipe.optimizer.weight_decay, recipe.normalization.name) == (lr, decay, norm)
+    if model == "resnet18":
+        assert recipe.model.params.aux is False and recipe.model.params.activation == "relu"
+
+
+def test_the_epc_deep_mlp_has_the_papers_mnist_settings_on_digits() -> None:
+    recipe = load_recipe(_path("epc_digits_mlp20"))
+    assert (recipe.data.name, recipe.model.name, recipe.model.params.activation) == ("digits", "mlp", "gelu")
+    assert recipe.model.params.hidden == [128] * 19  # 20 layers with the output
+    assert recipe.model.params.init == "orthogonal"
+    assert (recipe.inference.name, recipe.inference.steps, recipe.inference.lr) == ("errors", 64, 0.1)
+    assert (recipe.optimizer.lr, recipe.data.batch_size, recipe.train.epochs) == (1e-4, 64, 5)
+
+
+def test_quickstart_epc_has_the_quickstarts_budget() -> None:
+    epc, sf = load_recipe(_path("quickstart_epc")), load_recipe(_path("quickstart"))
+    assert (epc.inference.name, epc.inference.steps, epc.inference.lr) == ("errors", 5, 0.001)
+    assert (epc.data, epc.model, epc.train, epc.normalization) == (sf.data, sf.model, sf.train, sf.normalization)
+    assert epc.optimizer.lr == sf.optimizer.lr
+
+
+@pytest.mark.parametrize("name", PAPER + QUICKSTARTS + RESNETS + MUPC + PURE_SPIKE + IPC + EPC + sorted(OTHER_DATA))
 def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     """Two batches of 8 random images at width 1/16: a finite, positive loss and a complete run folder."""
     out = tmp_path / "run"
@@ -425,7 +473,10 @@ def test_every_recipe_smoke_runs_end_to_end(name: str, tmp_path: Path) -> None:
     assert json.loads((out / "run.json").read_text())["smoke"] is True
     saved = load_recipe(out / "recipe.toml")
     # every shipped recipe is wider: the smoke cap applies (1/16 of a channel multiplier, 32 units)
-    assert saved.model.params.width == (32 if name in MUPC else 0.0625)
+    if name == "epc_digits_mlp20":  # an MLP: its hidden layers are capped at 32 units
+        assert saved.model.params.hidden == [32] * 19
+    else:
+        assert saved.model.params.width == (32 if name in MUPC else 0.0625)
     assert (saved.data.batch_size, saved.train.epochs, saved.train.max_batches) == (8, 1, 2)
 
     summary = json.loads((out / "summary.json").read_text())

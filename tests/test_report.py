@@ -126,6 +126,8 @@ def test_csv_and_latex(grid: Path, capsys) -> None:
     ("vgg5_cifar10_sf", ("nudging.name=center",), "S+F+center", "VGG5"),
     ("vgg5_cifar10_ipc_bf", (), "S+iPC", "VGG5BF"),
     ("vgg5_cifar10_pc", ("inference.name=incremental",), "iPC", "VGG5"),
+    ("vgg5_cifar10_epc", (), "ePC", "VGG5"),
+    ("vgg5_cifar10_ipc", (), "S+iPC", "VGG5"),
 ])
 def test_method_and_model_names_come_from_the_component_labels(tmp_path: Path, recipe: str, overrides: tuple,
                                                                 method: str, model: str) -> None:

@@ -100,6 +100,7 @@ class PCEngine:
         self.nudging = nudging
         self.momentum = momentum
         self.nesterov = nesterov
+        self.decay_last_lr = decay_last_lr
         self.output_energy = output_energy
         self.num_classes = num_classes
         self.autocast_dtype = autocast_dtype

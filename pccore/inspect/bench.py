@@ -55,9 +55,9 @@ _MB = 2**20
 
 
 def backprop_recipe(recipe: Any, registry: Any) -> Any:
-    """The recipe trained with backprop: update `backprop`, precision `constant`, nudging `clamp`,
-    inference `states` (which backprop skips), with default parameters; model, normalisation, data and
-    numerics unchanged."""
+    """The recipe trained with backprop: update `backprop`, precision `constant`, nudging `clamp` and
+    inference `states` (an algorithm of its own, iPC or ePC, refuses the backprop update), with default
+    parameters; model, normalisation, data and numerics unchanged."""
 
     def section(name: str, kind: str, replacement: str) -> Any:
         try:
@@ -458,8 +458,9 @@ def _device_name(device: torch.device) -> str:
 def format_report(report: dict[str, Any]) -> str:
     """The human form: a header and a short aligned table of time per step and peak memory."""
     shape = "x".join(str(d) for d in report["input_shape"])
-    algorithm = report.get("inference", "states")  # the default inference goes unnamed, as before
-    pc_label = f"pc ({report['update']}, {report['precision']}{'' if algorithm == 'states' else ', ' + algorithm})"
+    inference = report.get("inference", "states")  # state-based inference goes without saying
+    algorithm = "" if inference == "states" else f", {inference}"
+    pc_label = f"pc ({report['update']}, {report['precision']}{algorithm})"
     rows = [
         (pc_label, f"{report['pc_step_s']:.4f}", _mb(report["pc_peak_mb"])),
         ("backprop", f"{report['bp_step_s']:.4f}", _mb(report["bp_peak_mb"])),
