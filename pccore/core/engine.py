@@ -27,7 +27,7 @@ from pccore.core.components import (
     WeightStep,
 )
 from pccore.core.plan import StepPlan, make_plan
-from pccore.core.states import HalfSquaredError, map_state, parts, settle, sgd_step, unaliased
+from pccore.core.states import HalfSquaredError, WeightMoves, map_state, parts, settle, sgd_step, unaliased
 
 
 class StepOutput(NamedTuple):
@@ -299,7 +299,7 @@ class PCEngine:
         joint = None
         if weight_step is not None:
             total = x0.shape[0] if batch_size is None else batch_size
-            joint = _WeightMoves(self.blocks, weight_step, scale, total)
+            joint = WeightMoves(self.blocks, weight_step, scale, total)
             plan = joint_plan
         else:
             plan = self.recording_plan if record else self.plan
@@ -523,35 +523,3 @@ class PCEngine:
         self.model.train(was_training)
         return h
 
-
-class _WeightMoves:
-    """The weights' side of a joint inference step: which tensors take part (those of the step's active
-    blocks), their gradients -(-dE_t/dtheta) * scale / B into `.grad`, and the weight step."""
-
-    def __init__(self, blocks: Sequence[nn.Module], weight_step: WeightStep, scale: float | torch.Tensor,
-                 batch_size: int) -> None:
-        self.params = [[p for p in block.parameters() if p.requires_grad] for block in blocks]
-        self.every = [p for ps in self.params for p in ps]
-        self.weight_step = weight_step
-        self.factor = scale / batch_size
-        self.taken: list[torch.Tensor] = []
-        self.directions: list[torch.Tensor] = []
-
-    def take(self, active: Sequence[int]) -> list[torch.Tensor]:
-        """The weight tensors of the active blocks (1-based), the inputs the step's autograd call adds."""
-        self.taken = [p for l in active for p in self.params[l - 1]]
-        return self.taken
-
-    def found(self, directions: Sequence[torch.Tensor]) -> None:
-        self.directions = list(directions)
-
-    def step(self) -> None:
-        """Gradients into `.grad` (None outside the active blocks: exactly zero, so no step), then the
-        weight step, stoppable."""
-        for p in self.every:
-            p.grad = None
-        with torch.no_grad():
-            for p, d in zip(self.taken, self.directions, strict=True):
-                p.grad = d.mul_(-self.factor) if isinstance(self.factor, float) else d * -self.factor
-        self.taken, self.directions = [], []
-        self.weight_step(stoppable=True)

@@ -1,13 +1,15 @@
 """Layer states and how inference moves them: a state's parts, the squared error with its backward
-written out, and the SGD-with-momentum step (and the closed-form coasting of states without gradient)."""
+written out, the SGD-with-momentum step (and the closed-form coasting of states without gradient), and
+the weights' side of an inference step that moves the weights too (incremental PC)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
 import torch
+from torch import nn
 
-from pccore.core.components import State
+from pccore.core.components import State, WeightStep
 
 
 def parts(state: State) -> tuple[torch.Tensor, ...]:
@@ -91,3 +93,36 @@ def add_scaled(xs: list[torch.Tensor], directions: list[torch.Tensor], lrs: list
     else:
         for x, d, r in zip(xs, directions, lrs, strict=True):
             x.add_(d, alpha=r)
+
+
+class WeightMoves:
+    """The weights' side of a joint inference step: which tensors take part (those of the step's active
+    blocks), their gradients -(-dE_t/dtheta) * scale / B into `.grad`, and the weight step."""
+
+    def __init__(self, blocks: Sequence[nn.Module], weight_step: WeightStep, scale: float | torch.Tensor,
+                 batch_size: int) -> None:
+        self.params = [[p for p in block.parameters() if p.requires_grad] for block in blocks]
+        self.every = [p for ps in self.params for p in ps]
+        self.weight_step = weight_step
+        self.factor = scale / batch_size
+        self.taken: list[torch.Tensor] = []
+        self.directions: list[torch.Tensor] = []
+
+    def take(self, active: Sequence[int]) -> list[torch.Tensor]:
+        """The weight tensors of the active blocks (1-based), the inputs the step's autograd call adds."""
+        self.taken = [p for l in active for p in self.params[l - 1]]
+        return self.taken
+
+    def found(self, directions: Sequence[torch.Tensor]) -> None:
+        self.directions = list(directions)
+
+    def step(self) -> None:
+        """Gradients into `.grad` (None outside the active blocks: exactly zero, so no step), then the
+        weight step, stoppable."""
+        for p in self.every:
+            p.grad = None
+        with torch.no_grad():
+            for p, d in zip(self.taken, self.directions, strict=True):
+                p.grad = d.mul_(-self.factor) if isinstance(self.factor, float) else d * -self.factor
+        self.taken, self.directions = [], []
+        self.weight_step(stoppable=True)
