@@ -72,7 +72,9 @@ def test_an_sqlite_file_locked_too_long_stops_the_worker_with_a_message(tmp_path
                                                                         capsys) -> None:
     # another writer holds the study's SQLite file while a trial runs, longer than a write waits for it
     monkeypatch.setattr(storage_module, "SQLITE_TIMEOUT_S", 1)
-    study = write_study(tmp_path, trials=2, fixed={"train.max_batches": 0, "train.epochs": 3})
+    # trials long enough to be still running when the lock is taken, however fast the machine: the worker
+    # stops at the trial's next report, at the end of an epoch
+    study = write_study(tmp_path, trials=2, fixed={"train.max_batches": 0, "train.epochs": 200})
     out = tmp_path / "out"
     database = out / "study.db"
     held = threading.Event()
