@@ -254,27 +254,11 @@ def _epc_recipe(tmp_path, **changes):
 
 
 def test_an_epc_run_resumes_exactly(tmp_path, monkeypatch) -> None:
-    import json  # noqa: PLC0415
-
-    from pccore.cli import main  # noqa: PLC0415
-    from pccore.run import seeds  # noqa: PLC0415
-    from pccore.run.data import BatchFeeder  # noqa: PLC0415
-    from tests.test_resume import _interrupt, _weights, _without_time  # noqa: PLC0415
+    from tests.test_resume import _weights, resumes_exactly  # noqa: PLC0415
 
     recipe = _epc_recipe(tmp_path, epochs=3, max_batches=3, normalization="frozen")
-    assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
-    _interrupt(monkeypatch, seed=0, epoch=1)
-    cut = tmp_path / "cut"
-    assert main(["run", str(recipe), "--out", str(cut)]) == 130
-    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
-    assert main(["run", "--resume", str(cut)]) == 0
-    a, b = _weights(tmp_path / "whole", 0), _weights(cut, 0)
-    assert any("running_mean" in k for k in a)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-    whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["seeds"]
-    resumed = json.loads((cut / "summary.json").read_text())["seeds"]
-    assert [_without_time(s) for s in resumed] == [_without_time(s) for s in whole]
+    cut = resumes_exactly(recipe, tmp_path, monkeypatch)
+    assert any("running_mean" in k for k in _weights(cut, 0))
 
 
 def test_a_refused_combination_in_a_recipe_exits_2_with_the_message(tmp_path, capsys) -> None:

@@ -19,10 +19,8 @@ import pccore
 from pccore.cli import main
 from pccore.core.errors import UsageError
 from pccore.core.optim import WeightStepper, hold_back_zero_gradients
-from pccore.run import seeds
 from pccore.run.checkpoint import load_checkpoint
-from pccore.run.data import BatchFeeder
-from tests.test_resume import _interrupt, _weights, _without_time
+from tests.test_resume import _weights, resumes_exactly
 from tests.test_training import _run, _warmup_cosine, record_learning_rates, write_recipe
 
 WIDTHS = [6, 9, 8, 7, 3]
@@ -215,19 +213,9 @@ def test_the_schedule_counts_every_inference_step(tmp_path: Path, monkeypatch) -
 def test_an_incremental_run_resumes_exactly(tmp_path: Path, monkeypatch, capsys) -> None:
     recipe = _incremental(tmp_path, epochs=3, max_batches=3, normalization="frozen",
                           inference={"variant": "batchnorm"})
-    assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
-    _interrupt(monkeypatch, seed=0, epoch=1)
-    cut = tmp_path / "cut"
-    assert main(["run", str(recipe), "--out", str(cut)]) == 130
-    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
-    assert main(["run", "--resume", str(cut)]) == 0
-    a, b = _weights(tmp_path / "whole", 0), _weights(cut, 0)
-    assert any("running_mean" in k for k in a)
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
+    cut = resumes_exactly(recipe, tmp_path, monkeypatch)
+    assert any("running_mean" in k for k in _weights(cut, 0))
     whole = json.loads((tmp_path / "whole" / "summary.json").read_text())["seeds"]
-    resumed = json.loads((cut / "summary.json").read_text())["seeds"]
-    assert [_without_time(s) for s in resumed] == [_without_time(s) for s in whole]
     saved = load_checkpoint(cut / "seed_0" / "checkpoint.pt")
     assert saved["scheduler"]["step_count"] == 3 * 3 * 3  # epochs x batches x T weight steps
     assert math.isfinite(whole[0]["best_top1"])

@@ -129,6 +129,24 @@ def _without_time(summary: dict) -> dict:
     return rest
 
 
+def resumes_exactly(recipe: Path, folder: Path, monkeypatch) -> Path:
+    """Train `recipe` whole into folder/whole; again into folder/cut, interrupted in seed 0's second epoch,
+    then resumed; assert the two end with the same weights and summaries. The resumed run's folder."""
+    assert main(["run", str(recipe), "--out", str(folder / "whole")]) == 0
+    _interrupt(monkeypatch, seed=0, epoch=1)
+    cut = folder / "cut"
+    assert main(["run", str(recipe), "--out", str(cut)]) == 130
+    monkeypatch.setattr(seeds, "BatchFeeder", BatchFeeder)
+    assert main(["run", "--resume", str(cut)]) == 0
+    a, b = _weights(folder / "whole", 0), _weights(cut, 0)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    whole = json.loads((folder / "whole" / "summary.json").read_text())["seeds"]
+    resumed = json.loads((cut / "summary.json").read_text())["seeds"]
+    assert [_without_time(s) for s in resumed] == [_without_time(s) for s in whole]
+    return cut
+
+
 def test_resumed_run_matches_an_uninterrupted_one(tmp_path: Path, monkeypatch, capsys) -> None:
     recipe = write_recipe(tmp_path, seeds=[0, 1], epochs=3, max_batches=3, normalization="frozen")
     assert main(["run", str(recipe), "--out", str(tmp_path / "whole")]) == 0
