@@ -198,39 +198,8 @@ def diagnostics(run_dir: Path) -> dict:
     assembly.blocks.load_state_dict(load_checkpoint(run_dir / "seed_0" / "checkpoint.pt")["model"])
     engine = assembly.engine
     report = diagnose_batch(engine, x, y)
-    # norms: the method's update (as diagnose_batch computes it) against backprop's, block by block
-    params = list(engine.model.parameters())
-    saved = {k: v.clone() for k, v in engine.model.state_dict().items()}
-    norms = []
-    summed: dict[int, torch.Tensor] = {}
-
-    def add_up(*, stoppable: bool = False) -> None:
-        for i, p in enumerate(params):
-            if p.grad is not None:
-                summed[i] = summed[i] + p.grad if i in summed else p.grad.clone()
-                p.grad = None
-
-    trace = engine.settle(x, y, weight_step=add_up)
-    learnt = (torch.autograd.grad(engine.learning_loss(trace), params, allow_unused=True) if trace.learn
-              else (None,) * len(params))
-    update = [summed.get(i, torch.zeros_like(p)) + (g if g is not None else 0) for i, (p, g) in
-              enumerate(zip(params, learnt, strict=True))]
-    engine.model.load_state_dict(saved)
-    engine.norm.set_phase(engine.model, "forward")
-    h = x
-    for block in engine.blocks:
-        h = block(h)
-    bp = torch.autograd.grad(engine.layer_energy(engine.L, engine.one_hot(y), h) / x.shape[0], params,
-                             allow_unused=True)
-    engine.model.load_state_dict(saved)
-    index = {id(p): i for i, p in enumerate(params)}
-    for block in engine.model:
-        ids = [index[id(p)] for p in block.parameters()]
-        u = math.sqrt(sum(float(update[i].double().square().sum()) for i in ids))
-        b = math.sqrt(sum(float(bp[i].double().square().sum()) for i in ids if bp[i] is not None))
-        norms.append(u / b if b > 0 else math.nan)
     last = report["energy"][-1] if report["energy"] else []
-    return {"cosine_to_bp": report["cosine_to_bp"], "norm_ratio": norms, "last_energy": last}
+    return {"cosine_to_bp": report["cosine_to_bp"], "norm_ratio": report["norm_ratio_to_bp"], "last_energy": last}
 
 
 def run_cell(cell: Cell, work: Path, timeout: float, seeds: int = 1) -> dict:

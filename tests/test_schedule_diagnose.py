@@ -1,6 +1,7 @@
 """`pccore schedule` and `pccore diagnose` end to end through the command line."""
 
 import json
+import math
 
 import pytest
 
@@ -101,6 +102,9 @@ def test_diagnose_smoke_reports_energy_per_step_and_alignment(capsys, recipe):
     assert min(out["cosine_to_bp"]) > 0.99
     # the output block's forward update is the gradient of 1/2 ||y - f_L(x^{L-1}_0)||^2 / B: backprop's
     assert out["cosine_to_bp"][4] == pytest.approx(1.0, abs=1e-12)
+    # ... and so of the same size: the norm ratio of that block is 1, the others' finite and positive
+    assert out["norm_ratio_to_bp"][4] == pytest.approx(1.0, abs=1e-12)
+    assert len(out["norm_ratio_to_bp"]) == 5 and all(0 < r < math.inf for r in out["norm_ratio_to_bp"])
     pc = _json(capsys, ["diagnose", recipe, "--smoke", "--json", "--set", "run.dtype='float64'",
                         "--set", "update.name=standard"])
     assert min(pc["cosine_to_bp"]) < min(out["cosine_to_bp"])

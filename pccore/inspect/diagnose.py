@@ -109,9 +109,10 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
     `energy[t][l]`, zero below the wavefront) and the cosine between each block's weight update and the
     backprop gradient of the output loss on the same weights and batch (`cosine_to_bp[l]`; NaN for a
     block without gradient; for an algorithm that steps the weights during inference, the sum of the
-    batch's weight updates, taken at the initial weights), plus `layers`, `steps`, `loss` and `bp_loss`; for
-    a model with multi-part layers also `energy_parts[part][t][l]` (None where a layer has no such part).
-    The weights, BatchNorm statistics and gradients are left as they were."""
+    batch's weight updates, taken at the initial weights) and the ratio of their norms
+    (`norm_ratio_to_bp[l]`), plus `layers`, `steps`, `loss` and `bp_loss`; for a model with multi-part
+    layers also `energy_parts[part][t][l]` (None where a layer has no such part). The weights, BatchNorm
+    statistics and gradients are left as they were."""
     model = engine.model
     model.train()
     saved = {k: v.clone() for k, v in model.state_dict().items()}
@@ -158,15 +159,19 @@ def diagnose_batch(engine: PCEngine, x: torch.Tensor, y: torch.Tensor) -> dict:
         return torch.cat([(g if g is not None else torch.zeros_like(p)).flatten()
                           for g, p in zip(parts, params, strict=True)]).double()
 
+    ratios = []
     for block in model:
         params = list(block.parameters())
-        cosines.append(_cosine(flat(pc_grads, params), flat(bp_grads, params)))
+        update, gradient = flat(pc_grads, params), flat(bp_grads, params)
+        cosines.append(_cosine(update, gradient))
+        ratios.append(float(update.norm() / gradient.norm()) if gradient.norm() > 0 else math.nan)
     energies = trace.energies if trace.energies is not None else torch.zeros(0, engine.L)
     report = {
         "layers": engine.L,
         "steps": engine.T,
         "energy": (energies / x.shape[0]).tolist(),
         "cosine_to_bp": cosines,
+        "norm_ratio_to_bp": ratios,
         "loss": float(loss.detach()),
         "bp_loss": float(bp_loss.detach()),
     }
