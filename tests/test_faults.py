@@ -330,6 +330,29 @@ def test_run_json_records_a_diverged_run_without_suggesting_a_resume(tmp_path, c
     assert run_info(out)["error"] == error_line(err)
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize("late", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_failure_is_recorded_does_not_cut_the_record_short(tmp_path, capsys, monkeypatch, late):
+    """Under a launcher, another process's failure brings SIGTERM a moment after this process's own error
+    (a second Ctrl-C likewise): it arrives here in the middle of recording the failure."""
+    from pccore.run.progress import Progress
+
+    abort = Progress.abort
+
+    def abort_then_signalled(self):
+        os.kill(os.getpid(), getattr(signal, late))
+        abort(self)
+
+    monkeypatch.setattr(Progress, "abort", abort_then_signalled)
+    out = tmp_path / "out"
+    code, _, err = run_cli(capsys, "run", write_recipe(tmp_path, inference_lr=1e38, tensorboard=False), "--out", out)
+    assert code == 1
+    assert error_line(err).startswith("training diverged in epoch 1, batch ")
+    assert run_info(out)["status"] == "failed"
+    assert run_info(out)["error"] == error_line(err)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the record
+
+
 # --- sizes beyond what torch indexes or the machine holds ----------------------------------------
 
 LIMIT = "torch indexes at most 2**31-1 = 2,147,483,647 elements of one tensor"

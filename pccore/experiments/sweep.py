@@ -251,8 +251,11 @@ def run_sweep(runs: list[SweepRun], workers: int, devices: list[str], timeout: f
                     _finalize(active.run)
     except KeyboardInterrupt:
         stop([s.process for s in slots if s is not None])
-        for run in runs:
-            _mark_interrupted(run)
+        from pccore.run.rundir import interrupts_held
+
+        with interrupts_held():  # a second Ctrl-C must not leave some runs marked "running"
+            for run in runs:
+                _mark_interrupted(run)
         raise
     for run in runs:  # (again for those that had nothing to run)
         _finalize(run)

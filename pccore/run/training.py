@@ -168,9 +168,10 @@ def train(
             summary["stopped"] = context.stop_reason
         world.from_rank_zero(lambda: atomic_write_json(run_dir / "summary.json", summary), "writing the summary")
     except (Exception, KeyboardInterrupt) as err:
-        context.progress.abort()
-        if only_seeds is None:
-            rundir.record_failure(run_dir, err)
+        with rundir.interrupts_held():
+            context.progress.abort()
+            if only_seeds is None:
+                rundir.record_failure(run_dir, err)
         raise
     if context.stop_reason is not None:
         world.from_rank_zero(lambda: rundir.update_run_info(run_dir, status="stopped", reason=context.stop_reason),
