@@ -265,6 +265,22 @@ def test_the_first_seed_reports_validation_top1_each_epoch_and_the_pruner_stops_
     assert trial.reports == [(0.75, 1), (0.7, 2)]
 
 
+def test_tpe_samples_at_random_for_its_startup_trials_and_then_takes_over(tmp_path: Path, capsys) -> None:
+    """startup_trials = 1: trial 0 is drawn at random as with Optuna's default start of 10, the trials
+    after it by TPE (from the same per-trial seeds), so they differ."""
+    params = {}
+    for startup in (1, 10):
+        folder = tmp_path / f"startup{startup}"
+        folder.mkdir()
+        study = write_study(folder, trials=3, sampler="tpe", pruner="none", startup_trials=startup)
+        assert main(["tune", str(study), "--out", str(folder / "out")]) == 0
+        trials = sorted(_trials(_sqlite(folder / "out")), key=lambda t: t.number)
+        params[startup] = [t.params for t in trials]
+    capsys.readouterr()
+    assert params[1][0] == params[10][0]
+    assert params[1][1:] != params[10][1:]
+
+
 # --- checks before any trial ---------------------------------------------------------------------
 
 BAD_STUDIES = [
@@ -300,6 +316,7 @@ BAD_STUDIES = [
                                                    r"data.validation_fraction = 0; add"),
     ({"trails": 3}, r'study.toml: trails: unknown key; did you mean "trials"\?'),
     ({"sampler": "cmaes"}, r'study.toml: sampler: expected one of "tpe", "random", got "cmaes"'),
+    ({"startup_trials": 0}, r"study.toml: startup_trials: expected an integer >= 1, got 0"),
 ]
 
 

@@ -42,6 +42,9 @@ class StudySettings:
     direction: Literal["maximize", "minimize"] = "maximize"
     sampler: Literal["tpe", "random"] = "tpe"
     pruner: Literal["none", "median", "hyperband"] = "median"
+    startup_trials: int = attrs.field(
+        default=10, validator=expect(lambda v: v >= 1, "an integer >= 1")
+    )  # TPE's random start (Optuna's default): a small study lowers it so that TPE takes over within its budget
     seed: int = attrs.field(default=0, validator=expect(lambda v: v >= 0, "an integer >= 0"))
     name: str = attrs.field(
         default="",

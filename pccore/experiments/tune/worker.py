@@ -56,11 +56,11 @@ class TrialFailed(Exception):
     goes on."""
 
 
-def make_sampler(kind: str, seed: int) -> optuna.samplers.BaseSampler:
-    """The study's sampler, seeded."""
+def make_sampler(kind: str, seed: int, startup_trials: int = 10) -> optuna.samplers.BaseSampler:
+    """The study's sampler, seeded; TPE samples at random for its first `startup_trials` trials."""
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=startup_trials)
 
 
 def make_pruner(kind: str, epochs: int | None) -> optuna.pruners.BasePruner:
@@ -83,7 +83,8 @@ def open_study(study: Study, storage: Any, epochs: int | None) -> optuna.Study:
     settings = study.settings
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # pccore prints its own line per trial
     handle = optuna.create_study(
-        study_name=study.name, storage=storage, sampler=make_sampler(settings.sampler, settings.seed),
+        study_name=study.name, storage=storage,
+        sampler=make_sampler(settings.sampler, settings.seed, settings.startup_trials),
         pruner=make_pruner(settings.pruner, epochs), direction=settings.direction, load_if_exists=True,
     )
     if handle.direction.name.lower() != settings.direction:
@@ -223,8 +224,9 @@ class Worker:
         from pccore.run import training
 
         trial.set_user_attr(WORKER_ATTR, worker_name())
-        self.handle.sampler = make_sampler(self.study.settings.sampler, trial_seed(self.study.settings.seed,
-                                                                                     trial.number))
+        settings = self.study.settings
+        self.handle.sampler = make_sampler(settings.sampler, trial_seed(settings.seed, trial.number),
+                                           settings.startup_trials)
         params = {key: _suggest(trial, key, entry) for key, entry in self.study.space.items()}
         run_dir = make_folder(self.out_dir / "trials" / str(trial.number), "the trial's run directory")
         trial.set_user_attr(RUN_DIR_ATTR, str(run_dir.absolute()))
