@@ -168,6 +168,28 @@ def test_plot_draws_top1_against_depth(grid: Path, tmp_path: Path) -> None:
     assert list(line.get_ydata()) == pytest.approx([60.0, 80.0])
 
 
+def test_a_model_at_several_depths_gets_a_column_per_depth_and_a_line_per_family(tmp_path: Path) -> None:
+    """MLPs of 2 and 3 layers and muPC's ResMLP of 2 blocks, all validated: columns "MLP L=2", "MLP L=3"
+    and "ResMLP"; the plot's PC row is drawn once per family, at the test top-1 of the best validation epoch."""
+    folder = tmp_path / "depths"
+    fabricate(folder, "epc_digits_mlp20", {0: 0.9}, ("model.hidden=[16]", "inference.name=states"),
+              {0: (0.5, 0.40)}, name="mlp2")
+    fabricate(folder, "epc_digits_mlp20", {0: 0.9, 1: 0.8}, ("model.hidden=[16, 16]", "inference.name=states"),
+              {0: (0.5, 0.60), 1: (0.5, 0.70)}, name="mlp3")
+    fabricate(folder, "mupc_digits_d32", {0: 0.9}, ("model.width=16", "model.depth=1"),
+              {0: (0.5, 0.30)}, name="resmlp2")
+    report = build_report([folder])
+    assert [c["model"] for c in report["columns"]] == ["MLP L=2", "ResMLP", "MLP L=3"]
+    figure = pccore.plot_depth(report)
+    (ax,) = figure.axes
+    assert ax.get_ylabel() == "test top-1 at best val. (%)"
+    lines = {c.get_label(): c.lines[0] for c in ax.containers}
+    assert sorted(lines) == ["PC (MLP)", "PC (ResMLP)"]
+    assert list(lines["PC (MLP)"].get_xdata()) == [2, 3]
+    assert list(lines["PC (MLP)"].get_ydata()) == pytest.approx([40.0, 65.0])
+    assert list(lines["PC (ResMLP)"].get_xdata()) == [2]
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["nowhere"], "nowhere: not a folder"),
     (["empty"], "empty: no run directory (a folder with recipe.toml) in it"),

@@ -7,7 +7,8 @@ top-1, and the best validation top-1. Names come from the components' labels (`C
 joins its precision, update rule, nudging and inference-algorithm labels with "+" ("S+F", "S+iPC"; "PC"
 when all four are the plain defaults; an update rule without inference, such as backprop, stands alone:
 "BP"); a column is the dataset's label and the architecture's label followed by the normalisation's
-("CIFAR-10 VGG5BF"). The depth of a model (`--plot`) is its number of blocks L, counted by building the
+("CIFAR-10 VGG5BF"), with " L=N" added when one model appears at several depths (an MLP's hidden widths:
+"MLP L=5"). The depth of a model (`--plot`) is its number of blocks L, counted by building the
 architecture on the meta device. A (row, column) with no run is blank. Only finished seeds (with a
 summary.json) count.
 """
@@ -20,6 +21,7 @@ import io
 import json
 import math
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,6 +56,7 @@ class Run:
     model: str
     normalization: str
     depth: int | None
+    architecture: str = ""
 
 
 def _label(registry: Any, kind: str, name: str) -> str:
@@ -106,6 +109,7 @@ def describe_run(run_dir: Path, registry: Any) -> Run:
         + _label(registry, "normalization", recipe.normalization.name),
         normalization=_label(registry, "normalization", recipe.normalization.name),
         depth=_depth(recipe, registry),
+        architecture=_label(registry, "architecture", recipe.model.name),
     )
 
 
@@ -214,14 +218,24 @@ def build_report(paths: Sequence[str | os.PathLike[str]], by: str = "method", re
     runs = [run for run in runs if run.seeds]
     if not runs:
         raise UsageError("no run with a finished seed (seed_<n>/summary.json) to report")
+    # A model whose depth is a parameter (an MLP's hidden widths) gets a column per depth: "MLP L=5".
+    depths: dict[tuple[str, str], set] = {}
+    for run in runs:
+        depths.setdefault((run.dataset, run.model), set()).add(run.depth)
+
+    def model_label(run: Run) -> str:
+        several = len(depths[(run.dataset, run.model)]) > 1 and run.depth is not None
+        return f"{run.model} L={run.depth}" if several else run.model
+
     cells: dict[tuple[str, str, str], list[Run]] = {}
     row_order: dict[str, tuple] = {}
     column_order: dict[tuple[str, str], tuple] = {}
     for run in runs:
         row, order = _row_key(run, keys)
         row_order[row] = order
-        column_order[(run.dataset, run.model)] = (run.dataset, run.normalization, run.depth or 0, run.model)
-        cells.setdefault((row, run.dataset, run.model), []).append(run)
+        model = model_label(run)
+        column_order[(run.dataset, model)] = (run.dataset, run.normalization, run.depth or 0, model)
+        cells.setdefault((row, run.dataset, model), []).append(run)
     entries = []
     for (row, dataset, model), members in cells.items():
         seen: dict[int, Path] = {}
@@ -241,7 +255,8 @@ def build_report(paths: Sequence[str | os.PathLike[str]], by: str = "method", re
                 seen[seed] = run.run_dir
         seeds = [s for run in members for s in run.seeds]
         entry: dict[str, Any] = {"row": row, "dataset": dataset, "model": model, "depth": members[0].depth,
-                                 "n": len(seeds), "run_dirs": [str(run.run_dir) for run in members]}
+                                 "family": _family(members[0].architecture), "n": len(seeds),
+                                 "run_dirs": [str(run.run_dir) for run in members]}
         for field in TABLES:
             if all(field in s for s in seeds):
                 entry[f"{field}_mean"], entry[f"{field}_std"] = _stats([float(s[field]) for s in seeds])
@@ -251,6 +266,11 @@ def build_report(paths: Sequence[str | os.PathLike[str]], by: str = "method", re
     return {"by": keys, "rows": rows,
             "columns": [{"dataset": d, "model": m, "normalization": column_order[(d, m)][1]} for d, m in columns],
             "cells": entries, "notes": notes}
+
+
+def _family(architecture: str) -> str:
+    """The family of an architecture label, its members told apart by depth: VGG5 and VGG15 are "VGG"."""
+    return re.sub(r"\d+$", "", architecture) or architecture
 
 
 def _grid(report: dict, field: str) -> list[list[str]]:

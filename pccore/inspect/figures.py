@@ -301,31 +301,37 @@ def _annotate(ax: Any, table: np.ndarray, norm: Any) -> None:
 
 
 def plot_depth(report: Mapping[str, Any], title: str | None = None) -> Any:
-    """Best test top-1 (%) against depth L, one line per row of a `pccore report` (mean ± population std
-    over seeds as error bars), one panel per dataset and normalisation (the paper's plain and BF columns).
-    Cells whose depth is unknown are left out."""
+    """Test top-1 (%) against depth L, one line per row of a `pccore report` and architecture family (VGG5
+    to VGG15 are one line; "PC (MLP)" and "PC (ResMLP)" two), mean ± population std over seeds as error bars,
+    one panel per dataset and normalisation (the paper's plain and BF columns). The top-1 is the test top-1
+    at the best validation epoch when every cell has a validation split, else the best test top-1. Cells
+    whose depth is unknown are left out."""
     matplotlib = _matplotlib()
     cells = [c for c in report["cells"] if c.get("depth") and "best_top1_mean" in c]
     if not cells:
         raise UsageError("--plot: no cell has a model whose depth is known, so there is nothing to draw")
+    validated = all("test_top1_at_best_val_mean" in c for c in cells)
+    field = "test_top1_at_best_val" if validated else "best_top1"
+    ylabel = "test top-1 at best val. (%)" if validated else "best test top-1 (%)"
     normalization = {(col["dataset"], col["model"]): col.get("normalization", "") for col in report["columns"]}
     panels = sorted({(c["dataset"], normalization.get((c["dataset"], c["model"]), "")) for c in cells})
     figure = matplotlib.figure.Figure(figsize=(4.5 * len(panels), 3.6), layout="constrained")
     axes = figure.subplots(1, len(panels), squeeze=False)[0]
     for ax, (dataset, norm) in zip(axes, panels, strict=True):
+        mine = [c for c in cells if c["dataset"] == dataset
+                and normalization.get((c["dataset"], c["model"]), "") == norm]
         for row in report["rows"]:
-            points = sorted(
-                (c["depth"], 100 * c["best_top1_mean"], 100 * c["best_top1_std"]) for c in cells
-                if c["row"] == row and c["dataset"] == dataset
-                and normalization.get((c["dataset"], c["model"]), "") == norm
-            )
-            if points:
+            families = sorted({c.get("family", "") for c in mine if c["row"] == row})
+            for family in families:
+                points = sorted((c["depth"], 100 * c[f"{field}_mean"], 100 * c[f"{field}_std"]) for c in mine
+                                if c["row"] == row and c.get("family", "") == family)
                 depth, mean, std = zip(*points, strict=True)
-                ax.errorbar(depth, mean, yerr=std, marker="o", capsize=3, label=row)
+                label = row if len(families) == 1 else f"{row} ({family})"
+                ax.errorbar(depth, mean, yerr=std, marker="o", capsize=3, label=label)
         ax.set_title(f"{dataset}{' ' + norm if norm else ''}")
         ax.set_xlabel("depth L (blocks)")
-        ax.set_ylabel("best test top-1 (%)")
-        ax.set_xticks(sorted({c["depth"] for c in cells}))
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({c["depth"] for c in mine}))
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     if title:
