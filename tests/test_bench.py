@@ -415,29 +415,37 @@ def test_bench_times_incremental_pc_against_backprop(recipe_path, capsys, monkey
 
 
 def test_methods_study_smoke_and_resume(tmp_path):
-    """The side-by-side study with tiny budgets: one depth, BP and ePC, one candidate, one epoch, two seeds;
-    the table has both rows with their diagnostics, and a second call reuses the finished runs."""
-    out, work = tmp_path / "methods.md", tmp_path / "work"
-    command = [sys.executable, str(BENCHMARKS / "methods.py"), "--depths", "3", "--methods", "bp,epc", "--resnet", "",
-               "--epochs", "1", "--max-candidates", "1", "--seeds", "2", "--work", str(work), "--out", str(out)]
+    """The side-by-side study with tiny budgets: one depth, BP and ePC, two trials of one epoch, two seeds.
+    Each cell is a pccore tune study whose best recipe pccore sweep trains with both seeds; the table has
+    both rows with the searched values and a cosine and norm ratio per layer, pccore report drew the figure,
+    and a second call retrains nothing."""
+    out, work = tmp_path / "results" / "methods.md", tmp_path / "work"
+    command = [sys.executable, str(BENCHMARKS / "methods.py"), "--depths", "3", "--methods", "bp,epc", "--vgg", "",
+               "--trials", "2", "--startup", "1", "--epochs", "1", "--seeds", "2", "--workers", "1",
+               "--work", str(work), "--out", str(out)]
     done = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode == 0, done.stderr
     text = out.read_text()
-    rows = {line.split("|")[1].strip(): line for line in text.splitlines() if line.startswith("| ")}
-    assert {"BP", "ePC"} <= set(rows)
-    cells = [c.strip() for c in rows["ePC"].strip("|").split("|")]
-    if len(cells) == 2:  # the summary table (method, L = 3); the detailed row comes later
-        cells = [c.strip() for c in [line for line in text.splitlines() if line.startswith("| ePC | 3 |")][0]
-                 .strip("|").split("|")]
-    assert cells[:3] == ["ePC", "3", "lr 1e-3, lr_e 0.1"]
-    mean, _, std, count = cells[4].split()
+    detail = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")]
+              for line in text.splitlines() if line.startswith(("| BP | 3 |", "| ePC | 3 |"))}
+    assert set(detail) == {"BP", "ePC"}
+    assert re.fullmatch(r"lr \S+", detail["BP"][2])
+    assert re.fullmatch(r"lr \S+, lr_x \S+, T [35]", detail["ePC"][2])  # ePC searches T in {3, 5} at L = 3
+    mean, _, std, count = detail["ePC"][4].split()
     assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0 and count == "(2)"  # seeds 0 and 1
-    assert len(cells[6].split()) == 3 and len(cells[7].split()) == 3  # a cosine and a norm ratio per layer
-    walls = sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json"))
-    assert len(walls) == 4  # two cells, each a candidate and a second seed
+    assert len(detail["ePC"][6].split()) == 3 and len(detail["ePC"][7].split()) == 3  # per layer
+    for cell in ("mlp-bp-d3", "mlp-epc-d3"):
+        study = json.loads((work / "search" / cell / "summary.json").read_text())
+        assert study["n_complete"] == 2 and study["best_params"]
+        assert sorted(p.name for p in (work / "seeds" / f"{cell}_best").glob("seed_*/summary.json")) == [
+            "summary.json", "summary.json"]
+    assert (out.parent / "methods-mlp.png").read_bytes().startswith(b"\x89PNG")
+    assert "| method | digits MLP |" in text  # pccore report's own table
+    trained = sorted((p, p.stat().st_mtime) for p in work.rglob("seed_*/summary.json"))
+    assert len(trained) == 2 * 2 + 2 * 2  # each cell's two trials (seed 0) and its two swept seeds
     again = subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=300)
     assert again.returncode == 0, again.stderr
-    assert sorted(p.stat().st_mtime for p in work.rglob("methods-wall.json")) == walls  # nothing retrained
+    assert sorted((p, p.stat().st_mtime) for p in work.rglob("seed_*/summary.json")) == trained  # none retrained
     assert out.read_text().split("## MLPs")[1] == text.split("## MLPs")[1]
 
 
