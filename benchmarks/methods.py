@@ -215,7 +215,7 @@ def search(cell: Cell, work: Path, trials: int, startup: int, workers: int, time
 
 def diagnostics(run_dir: Path) -> dict:
     """Per-layer cosine to backprop and |update| / |BP gradient| of seed 0's trained weights (the last
-    checkpoint) on the first test batch."""
+    checkpoint) on the first test batch, and each layer's energy at the last inference step."""
     import torch
 
     from pccore.core.registry import get_registry
@@ -235,7 +235,23 @@ def diagnostics(run_dir: Path) -> dict:
     assembly = assemble(recipe, dataset.spec(), device, registry)
     assembly.blocks.load_state_dict(load_checkpoint(run_dir / "seed_0" / "checkpoint.pt")["model"])
     report = diagnose_batch(assembly.engine, x, y)
-    return {"cosine_to_bp": report["cosine_to_bp"], "norm_ratio": report["norm_ratio_to_bp"]}
+    return {"cosine_to_bp": report["cosine_to_bp"], "norm_ratio": report["norm_ratio_to_bp"],
+            "last_energy": report["energy"][-1] if report["energy"] else None}
+
+
+def zero_layers(energy: Sequence[float] | None) -> str:
+    """The layers whose energy is exactly 0 at the last inference step (the error never reached them), as
+    ranges: "1-6", "none"; "-" without inference."""
+    if not energy:
+        return "-"
+    zeros = [index + 1 for index, value in enumerate(energy) if value == 0.0]
+    ranges: list[list[int]] = []
+    for layer in zeros:
+        if ranges and ranges[-1][1] == layer - 1:
+            ranges[-1][1] = layer
+        else:
+            ranges.append([layer, layer])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in ranges) or "none"
 
 
 def cached_diagnostics(run_dir: Path) -> dict:
@@ -272,18 +288,20 @@ def _seed_summaries(run_dir: Path) -> list[dict]:
 
 def detail_table(outcomes: list[dict]) -> str:
     head = ["method", "L", "chosen by the search (validation)", "val top-1 (best trial)", "test top-1 at best val",
-            "seconds (search + seeds)", "cosine to BP, layer 1..L", "|update| / |BP|, layer 1..L"]
+            "seconds (search + seeds)", "layers at zero energy (last step)", "cosine to BP, layer 1..L",
+            "|update| / |BP|, layer 1..L"]
     rows = []
     for o in outcomes:
         cell = o["cell"]
         if "error" in o:
-            rows.append([cell.method.label, str(cell.layers), "failed", "-", "-", f"{o['seconds']:.0f}",
+            rows.append([cell.method.label, str(cell.layers), "failed", "-", "-", f"{o['seconds']:.0f}", "-",
                          " ".join(o["error"].split())[:400], "-"])
             continue
         d = o["diagnostics"]
         tops = [s["test_top1_at_best_val"] for s in o["seeds"]]
         rows.append([cell.method.label, str(cell.layers), _shown(o["params"]), f"{o['value']:.4f}",
                      _mean_std(tops) if tops else "-", f"{o['seconds']:.0f}",
+                     zero_layers(d.get("last_energy")) if cell.method.steps else "-",
                      _layers(d.get("cosine_to_bp")) if "error" not in d else d["error"], _layers(d.get("norm_ratio"))])
     return markdown_table(head, rows)
 

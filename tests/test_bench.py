@@ -433,7 +433,8 @@ def test_methods_study_smoke_and_resume(tmp_path):
     assert re.fullmatch(r"lr \S+, lr_x \S+, T [35]", detail["ePC"][2])  # ePC searches T in {3, 5} at L = 3
     mean, _, std, count = detail["ePC"][4].split()
     assert 0.0 <= float(mean) <= 1.0 and float(std) >= 0.0 and count == "(2)"  # seeds 0 and 1
-    assert len(detail["ePC"][6].split()) == 3 and len(detail["ePC"][7].split()) == 3  # per layer
+    assert detail["ePC"][6] == "none" and detail["BP"][6] == "-"  # ePC: the error reaches every layer
+    assert len(detail["ePC"][7].split()) == 3 and len(detail["ePC"][8].split()) == 3  # per layer
     for cell in ("mlp-bp-d3", "mlp-epc-d3"):
         study = json.loads((work / "search" / cell / "summary.json").read_text())
         assert study["n_complete"] == 2 and study["best_params"]
