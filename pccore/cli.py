@@ -282,30 +282,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.strict_plugins:
         os.environ["PCCORE_STRICT_PLUGINS"] = "1"
-    from pccore.core.failures import debug_from_env, describe_failure
+    from pccore.core.failures import debug_from_env, describe_failure, interrupts_held
 
     debug = args.debug or debug_from_env()
     restore_sigterm = _sigterm_interrupts()
     try:
         return _dispatch(args, parser)
     except KeyboardInterrupt as err:
-        terminated = isinstance(err, _Terminated)
-        if not _reported_elsewhere(err):
-            print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+        with interrupts_held():  # (a second Ctrl-C, or the launcher's SIGTERM, while this one is reported)
+            terminated = isinstance(err, _Terminated)
+            if not _reported_elsewhere(err):
+                print(f"pccore: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
         return 143 if terminated else 130
     except BrokenPipeError:
         # The reader went away (e.g. `pccore plugins --json | head`): stop quietly, as other tools do.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except Exception as err:
-        if debug:
-            traceback.print_exc()
-        try:
-            message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
-        except Exception:  # an exception whose own message cannot be rendered: still one line, no traceback
-            message, status = f"pccore: error: {type(err).__name__} (its message could not be shown)", 1
-        if not _reported_elsewhere(err):
-            print(_with_rank(message), file=sys.stderr)
+        with interrupts_held():  # a signal now would end in a traceback instead of this message
+            if debug:
+                traceback.print_exc()
+            try:
+                message, status = describe_failure(err, shlex.join(["pccore", *argv]), debug)
+            except Exception:  # an exception whose own message cannot be rendered: still one line, no traceback
+                message, status = f"pccore: error: {type(err).__name__} (its message could not be shown)", 1
+            if not _reported_elsewhere(err):
+                print(_with_rank(message), file=sys.stderr)
         return status
     finally:
         restore_sigterm()

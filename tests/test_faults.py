@@ -353,6 +353,25 @@ def test_a_signal_while_a_failure_is_recorded_does_not_cut_the_record_short(tmp_
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back after the record
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGTERM") or sys.platform == "win32", reason="POSIX signals")
+def test_a_signal_while_an_error_is_reported_ends_in_the_message_not_a_traceback(tmp_path, capsys, monkeypatch):
+    import pccore.core.failures as failures
+
+    describe = failures.describe_failure
+
+    def signalled_then_described(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return describe(*args, **kwargs)
+
+    monkeypatch.setattr(failures, "describe_failure", signalled_then_described)
+    try:
+        code, _, err = run_cli(capsys, "run", tmp_path / "missing.toml")
+    except KeyboardInterrupt:  # (caught here, so that a regression fails this test rather than stop the session)
+        pytest.fail("the signal escaped the error report as KeyboardInterrupt: a traceback for the user")
+    assert code == 2
+    assert error_line(err) == f"recipe file not found: {tmp_path / 'missing.toml'}"
+
+
 # --- sizes beyond what torch indexes or the machine holds ----------------------------------------
 
 LIMIT = "torch indexes at most 2**31-1 = 2,147,483,647 elements of one tensor"

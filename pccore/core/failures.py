@@ -6,12 +6,39 @@ its file, and an exception raised in a plugin's code names the component, its ki
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
+import threading
 import traceback
+from collections.abc import Iterator
 
 from pccore.core.errors import PccoreError
 from pccore.core.limits import allocation_failure
+
+
+@contextlib.contextmanager
+def interrupts_held() -> Iterator[None]:
+    """Hold off Ctrl-C and SIGTERM while a stopping command records and reports how it stopped.
+
+    A run that fails is often stopped a moment later as well: under a launcher, another process's failure
+    makes the launcher send SIGTERM to this one, and a user may press Ctrl-C twice. Such a signal, arriving
+    while run.json is being rewritten or the error printed, would cut the record short (the run stays marked
+    "running") or end in a traceback. The command is stopping already, so a signal that arrives meanwhile
+    is dropped; the first error is the one reported."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, lambda *_: None) for signum in held}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
+                signal.signal(signum, handler)
+
 
 DEBUG_ENV = "PCCORE_DEBUG"
 """Set to 1 to see the traceback of any error (the same as `pccore --debug`)."""

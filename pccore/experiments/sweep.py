@@ -251,7 +251,7 @@ def run_sweep(runs: list[SweepRun], workers: int, devices: list[str], timeout: f
                     _finalize(active.run)
     except KeyboardInterrupt:
         stop([s.process for s in slots if s is not None])
-        from pccore.run.rundir import interrupts_held
+        from pccore.core.failures import interrupts_held
 
         with interrupts_held():  # a second Ctrl-C must not leave some runs marked "running"
             for run in runs:

@@ -10,10 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -150,27 +147,6 @@ def update_run_info(run_dir: Path, **changes: Any) -> None:
         info = {}
     info = {**info, **changes}
     atomic_write_json(path, {k: v for k, v in info.items() if v is not None})
-
-
-@contextlib.contextmanager
-def interrupts_held() -> Iterator[None]:
-    """Hold off Ctrl-C and SIGTERM while a stopping run records how it stopped.
-
-    A run that fails is often stopped a moment later as well: under a launcher, another process's failure
-    makes the launcher send SIGTERM to this one, and a user may press Ctrl-C twice. Such a signal, arriving
-    while run.json is being rewritten, would cut the record short and leave the run marked "running". The
-    run is stopping already, so a signal that arrives meanwhile is dropped; the first error is reported."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    held = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, lambda *_: None) for signum in held}
-    try:
-        yield
-    finally:
-        for signum, handler in previous.items():
-            if handler is not None:  # None: a handler installed outside Python, which cannot be put back
-                signal.signal(signum, handler)
 
 
 @distributed.rank_zero_only

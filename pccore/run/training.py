@@ -41,6 +41,7 @@ import torch
 
 from pccore.core.devices import resolve_device
 from pccore.core.errors import UsageError
+from pccore.core.failures import interrupts_held
 from pccore.core.optim import END_FACTOR
 from pccore.parallel import distributed
 from pccore.run import rundir
@@ -168,7 +169,7 @@ def train(
             summary["stopped"] = context.stop_reason
         world.from_rank_zero(lambda: atomic_write_json(run_dir / "summary.json", summary), "writing the summary")
     except (Exception, KeyboardInterrupt) as err:
-        with rundir.interrupts_held():
+        with interrupts_held():
             context.progress.abort()
             if only_seeds is None:
                 rundir.record_failure(run_dir, err)
