@@ -1,6 +1,6 @@
 """Every deep predictive coding method pccore hosts, side by side on one engine, on the offline digits.
 
-    python benchmarks/methods.py                        # the committed study (2-core CPU: see docs/comparison.md)
+    python benchmarks/methods.py                        # the committed study (53 minutes on a 2-core CPU)
     python benchmarks/methods.py --depths 5 --methods bp,epc --vgg '' --trials 2 --epochs 1 --out /tmp/m.md
     python benchmarks/methods.py --work runs/methods-by-depth    # where the runs live (default); rerun to resume
 
@@ -338,10 +338,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--methods", default=",".join(MLP_METHODS), help=f"MLP rows, of {list(MLP_METHODS)}")
     parser.add_argument("--vgg", default=",".join(VGG_METHODS), help=f"VGG rows, of {list(VGG_METHODS)} ('' for none)")
     parser.add_argument("--vgg-models", default=",".join(VGG_LAYERS), help=f"of {list(VGG_LAYERS)}")
-    parser.add_argument("--trials", type=int, default=6, help="trials of every cell's search (default 6)")
-    parser.add_argument("--startup", type=int, default=3, help="of which drawn at random first (default 3)")
-    parser.add_argument("--epochs", type=int, default=4, help="epochs of every MLP training (default 4)")
-    parser.add_argument("--vgg-epochs", type=int, default=2, help="epochs of every VGG training (default 2)")
+    parser.add_argument("--trials", type=int, default=10, help="trials of every cell's search (default 10)")
+    parser.add_argument("--startup", type=int, default=4, help="of which drawn at random first (default 4)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs of every MLP training (default 8)")
+    parser.add_argument("--vgg-epochs", type=int, default=4, help="epochs of every VGG training (default 4)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds at the best settings (default 3: 0, 1, 2)")
     parser.add_argument("--workers", type=int, default=2, help="processes of each search and of the sweep")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds allowed per pccore command")
