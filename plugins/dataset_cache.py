@@ -46,6 +46,29 @@ def data_root(root: str) -> Path:
     return path
 
 
+DOWNLOAD_OFF = "downloading is off (data.download = false)"
+"""The reason a missing dataset was not downloaded, in its "not available" message."""
+
+
+def fetch_archive(present: Callable[[], bool], download: bool, url: str, md5: str, root: Path, contents: str,
+                  unavailable: Callable[[str], Exception]) -> None:
+    """Unless `present()`, download `url` (checked against `md5`) and extract it into `root`; every way this
+    can fail (downloading off, no network, a bad checksum, an archive without `contents`) raises
+    `unavailable(reason)`, the dataset's own message."""
+    if present():
+        return
+    if not download:
+        raise unavailable(DOWNLOAD_OFF)
+    from torchvision.datasets import utils as tv_utils
+
+    try:
+        tv_utils.download_and_extract_archive(url, download_root=str(root), md5=md5)
+    except Exception as err:  # URLError, OSError, RuntimeError (checksum), BadZipFile, tarfile.ReadError...
+        raise unavailable(f"the download failed ({type(err).__name__}: {err})") from err
+    if not present():
+        raise unavailable(f"the downloaded archive did not contain {contents}")
+
+
 def atomic_write(path: Path, write: Callable) -> None:
     """Call `write(file)` on a temporary file next to `path`, then rename it to `path`."""
     try:

@@ -18,7 +18,14 @@ import numpy as np
 import torch
 
 from pccore.plugin import Augmentation, Component, DatasetUnavailable, DataSpec, ImageData, UsageError, hookimpl
-from pccore_plugins.dataset_cache import JPEG_SUFFIXES, atomic_write, data_root, decode_parallel
+from pccore_plugins.dataset_cache import (
+    DOWNLOAD_OFF,
+    JPEG_SUFFIXES,
+    atomic_write,
+    data_root,
+    decode_parallel,
+    fetch_archive,
+)
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +196,7 @@ class _Cifar:
     def _unavailable(self, reader: type, root: Path, err: Exception) -> DatasetUnavailable:
         folder = root.absolute() / reader.base_folder
         attempt = ("the download failed" if self.params.download
-                   else "downloading is off (data.download = false)")
+                   else DOWNLOAD_OFF)
         return DatasetUnavailable(
             f"{self.title} is not available: looked for the folder {folder} (the extracted "
             f"{reader.filename}, under data.root = {str(self.params.root)!r}) and found it missing or "
@@ -269,18 +276,8 @@ class TinyImageNet:
     # The official tree, its download, and the errors that say how to get it.
 
     def _ensure_tree(self) -> None:
-        if (self.folder / "wnids.txt").is_file():
-            return
-        if not self.params.download:
-            raise self._unavailable("downloading is off (data.download = false)")
-        from torchvision.datasets import utils as tv_utils
-
-        try:
-            tv_utils.download_and_extract_archive(TINY_URL, download_root=str(self.root), md5=TINY_MD5)
-        except Exception as err:  # URLError, OSError, RuntimeError (checksum), BadZipFile...
-            raise self._unavailable(f"the download failed ({type(err).__name__}: {err})") from err
-        if not (self.folder / "wnids.txt").is_file():
-            raise self._unavailable(f"the downloaded archive did not contain {TINY_FOLDER}/wnids.txt")
+        fetch_archive(lambda: (self.folder / "wnids.txt").is_file(), self.params.download, TINY_URL, TINY_MD5,
+                      self.root, f"{TINY_FOLDER}/wnids.txt", self._unavailable)
 
     def _unavailable(self, reason: str) -> DatasetUnavailable:
         folder = self.folder.absolute()

@@ -15,7 +15,14 @@ import numpy as np
 import torch
 
 from pccore.plugin import Augmentation, DatasetUnavailable, DataSpec, ImageData, MissingDependency
-from pccore_plugins.dataset_cache import Uint8Cache, data_root, decode_parallel, load_cached, require_memory
+from pccore_plugins.dataset_cache import (
+    DOWNLOAD_OFF,
+    Uint8Cache,
+    data_root,
+    decode_parallel,
+    load_cached,
+    require_memory,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +89,7 @@ class Galaxy10:
         if self.file.is_file():
             return
         if not self.params.download:
-            raise self._unavailable("downloading is off (data.download = false)")
+            raise self._unavailable(DOWNLOAD_OFF)
         from torchvision.datasets import utils as tv_utils
 
         partial = self.root / (GALAXY10_FILE + ".part")

@@ -25,6 +25,7 @@ from pccore_plugins.dataset_cache import (
     Uint8Cache,
     data_root,
     decode_parallel,
+    fetch_archive,
     load_cached,
     require_memory,
 )
@@ -307,18 +308,9 @@ class ImageNette(_ImageFolder):
         return classes
 
     def _ensure_tree(self) -> None:
-        if (self.folder / "train").is_dir() and (self.folder / "val").is_dir():
-            return
-        if not self.params.download:
-            raise self._unavailable("downloading is off (data.download = false)")
-        from torchvision.datasets import utils as tv_utils
-
-        try:
-            tv_utils.download_and_extract_archive(IMAGENETTE_URL, download_root=str(self.root), md5=IMAGENETTE_MD5)
-        except Exception as err:  # URLError, OSError, RuntimeError (checksum), tarfile.ReadError...
-            raise self._unavailable(f"the download failed ({type(err).__name__}: {err})") from err
-        if not ((self.folder / "train").is_dir() and (self.folder / "val").is_dir()):
-            raise self._unavailable(f"the downloaded archive did not contain {IMAGENETTE_FOLDER}/train and /val")
+        fetch_archive(lambda: (self.folder / "train").is_dir() and (self.folder / "val").is_dir(),
+                      self.params.download, IMAGENETTE_URL, IMAGENETTE_MD5, self.root,
+                      f"{IMAGENETTE_FOLDER}/train and /val", self._unavailable)
 
     def _advice(self) -> str:
         return "free some memory or use a machine with more."

@@ -13,7 +13,7 @@ import attrs
 import torch
 
 from pccore.plugin import DatasetUnavailable, DataSpec, ImageData
-from pccore_plugins.dataset_cache import data_root, require_memory
+from pccore_plugins.dataset_cache import DOWNLOAD_OFF, data_root, require_memory
 
 MNIST_MEAN = (0.5,)
 MNIST_STD = (0.5,)
@@ -72,7 +72,7 @@ class _Mnist:
 
     def _unavailable(self, reader: type, raw: Path, missing: list[str], err: Exception) -> DatasetUnavailable:
         attempt = ("the download failed" if self.params.download
-                   else "downloading is off (data.download = false)")
+                   else DOWNLOAD_OFF)
         return DatasetUnavailable(
             f"{self.title} is not available: looked in {raw} (under data.root = {str(self.params.root)!r}) and "
             f"found no {', '.join(missing)}, and {attempt} ({_one_line(err)}). To obtain it, set "
