@@ -178,16 +178,26 @@ def study_text(cell: Cell, trials: int, startup: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def pccore(args: Sequence[str], timeout: float) -> tuple[int, str, float]:
-    """A pccore command in its own process: (exit status, the tail of its stderr, seconds)."""
+@dataclass(frozen=True)
+class Done:
+    """A finished pccore command: its exit status, its standard output, the tail of its stderr, seconds."""
+
+    code: int
+    out: str
+    tail: str
+    seconds: float
+
+
+def pccore(args: Sequence[str], timeout: float) -> Done:
+    """A pccore command in its own process."""
     start = time.perf_counter()
     try:
         done = subprocess.run([sys.executable, "-m", "pccore", *args], capture_output=True, text=True,
                               timeout=timeout, check=False)
-        code, tail = done.returncode, " ".join(done.stderr.strip().splitlines()[-3:])
+        code, out, tail = done.returncode, done.stdout, " ".join(done.stderr.strip().splitlines()[-3:])
     except subprocess.TimeoutExpired:
-        code, tail = 124, f"over the {timeout:.0f} s limit"
-    return code, tail, time.perf_counter() - start
+        code, out, tail = 124, "", f"over the {timeout:.0f} s limit"
+    return Done(code, out, tail, time.perf_counter() - start)
 
 
 def search(cell: Cell, work: Path, trials: int, startup: int, workers: int, timeout: float) -> dict:
@@ -199,17 +209,16 @@ def search(cell: Cell, work: Path, trials: int, startup: int, workers: int, time
     clock = out / "methods-wall.json"
     seconds = json.loads(clock.read_text())["seconds"] if clock.is_file() else 0.0
     summary_path = out / "summary.json"
-    done = summary_path.is_file() and json.loads(summary_path.read_text()).get("n_complete", 0) + json.loads(
-        summary_path.read_text()).get("n_pruned", 0) >= trials
-    if not done:
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if summary.get("n_complete", 0) + summary.get("n_pruned", 0) < trials:
         print(f"... {cell.name}: search, {trials} trials", file=sys.stderr, flush=True)
-        code, tail, took = pccore(["tune", str(study), "--out", str(out), "--workers", str(workers)], timeout)
-        seconds += took
+        tune = pccore(["tune", str(study), "--out", str(out), "--workers", str(workers)], timeout)
+        seconds += tune.seconds
         out.mkdir(parents=True, exist_ok=True)
         clock.write_text(json.dumps({"seconds": seconds}))
-        if code != 0 and not summary_path.is_file():
-            return {"error": tail or f"pccore tune exited with {code}", "seconds": seconds}
-    summary = json.loads(summary_path.read_text())
+        if not summary_path.is_file():
+            return {"error": tune.tail or f"pccore tune exited with {tune.code}", "seconds": seconds}
+        summary = json.loads(summary_path.read_text())
     return {**summary, "seconds": seconds}
 
 
@@ -383,11 +392,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds_dir = work / "seeds"
     if best:
         print(f"... sweep: {len(best)} recipes x {args.seeds} seeds", file=sys.stderr, flush=True)
-        code, tail, took = pccore(["sweep", *map(str, best), "--seeds", f"0-{args.seeds - 1}", "--out",
-                                   str(seeds_dir), "--workers", str(args.workers), "--timeout", str(args.timeout)],
-                                  args.timeout * len(best) * args.seeds)
-        if code != 0:
-            print(f"pccore sweep exited with {code}: {tail}", file=sys.stderr)
+        sweep = pccore(["sweep", *map(str, best), "--seeds", f"0-{args.seeds - 1}", "--out", str(seeds_dir),
+                        "--workers", str(args.workers), "--timeout", str(args.timeout)],
+                       args.timeout * len(best) * args.seeds)
+        if sweep.code != 0:
+            print(f"pccore sweep exited with {sweep.code}: {sweep.tail}", file=sys.stderr)
     for o in outcomes:
         if "best" not in o:
             continue
@@ -405,11 +414,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not runs:
             continue
         figure = args.out.with_name(f"{args.out.stem}-{section}.png")
-        done = subprocess.run([sys.executable, "-m", "pccore", "report", *runs, "--plot", str(figure)],
-                              capture_output=True, text=True, timeout=args.timeout, check=False)
+        done = pccore(["report", *runs, "--plot", str(figure)], args.timeout)
         report = (f"![top-1 against depth]({figure.name})\n\n`pccore report` of the seeds' run folders:\n\n"
-                  + done.stdout.replace("### ", "#### ") if done.returncode == 0
-                  else f"(pccore report failed: {' '.join(done.stderr.split())})")
+                  + done.out.replace("### ", "#### ") if done.code == 0 else f"(pccore report failed: {done.tail})")
         mine = [o for o in outcomes if o["cell"].section == section]
         sections += [f"## {title}: test top-1 at the best validation epoch", "", by_depth(outcomes, section), "",
                      detail_table(mine), "", report, ""]
