@@ -56,7 +56,7 @@ class Run:
     model: str
     normalization: str
     depth: int | None
-    architecture: str = ""
+    architecture: str
 
 
 def _label(registry: Any, kind: str, name: str) -> str:
